@@ -228,25 +228,21 @@ mod tests {
             hex::encode(&bytes),
             concat!(
                 "00",                         // variant 0: HostSnapshot
-                "07737061726b2d31",           // hostname
-                "0c5562756e74752032342e3034", // os
-                "04362e3131",                 // kernel
-                "07616172636836340",          // arch (continues)
-                "4",
-                "ac02",                     // uptime 300
-                "14",                       // 20 cores
-                "00004841",                 // 12.5f32
-                "0000803f0000003f0000803e", // load 1.0 0.5 0.25
-                "8080808080048080808080",   // mem total (continues)
-                "03",
-                "8080808080038080808080", // ... and available (continues)
-                "01",
-                "01",               // one disk
-                "012f",             // "/"
-                "0465787434",       // "ext4"
-                "80808080808001",   // 4 TiB
-                "8080808080808040", // 1 TiB (continues)
-                "",
+                "07737061726b2d31",           // hostname "spark-1"
+                "0c5562756e74752032342e3034", // os "Ubuntu 24.04"
+                "04362e3131",                 // kernel "6.11"
+                "0761617263683634",           // arch "aarch64"
+                "ac02",                       // uptime 300 (varint)
+                "14",                         // 20 cores
+                "00004841",                   // cpu 12.5 (f32 LE)
+                "0000803f0000003f0000803e",   // load 1.0 0.5 0.25
+                "808080808004",               // mem total 128 GiB (varint)
+                "808080809003",               // mem available 100 GiB
+                "01",                         // one disk
+                "012f",                       // "/"
+                "0465787434",                 // "ext4"
+                "80808080808001",             // 4 TiB
+                "808080808020",               // 1 TiB
             )
         );
         assert_eq!(

@@ -1,1 +1,238 @@
-//! placeholder
+//! Test harness: the real controller and real agents on loopback, ephemeral ports, temporary
+//! data directories. Nothing here is a mock: the controller is `spark_control::start`, agents
+//! are `spark_agent::enroll::join` + `spark_agent::link::run`, TLS is real.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use spark_agent::link::{LinkError, LinkOptions, LinkState};
+use spark_agent::state::Identity;
+use spark_control::{ControllerConfig, Listeners, Running};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Call first in every test: crypto provider and test logging.
+pub fn init() {
+    spark_agent::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A controller running in this process.
+pub struct TestController {
+    pub running: Option<Running>,
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub gateway: SocketAddr,
+    pub admin_token: String,
+    pub client: reqwest::Client,
+}
+
+impl TestController {
+    /// Start on ephemeral loopback ports.
+    pub async fn start(data_dir: &Path) -> TestController {
+        Self::start_with(
+            data_dir,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            |_| {},
+        )
+        .await
+    }
+
+    /// Start on given addresses with a config tweak.
+    pub async fn start_with(
+        data_dir: &Path,
+        http: SocketAddr,
+        gateway: SocketAddr,
+        tweak: impl FnOnce(&mut ControllerConfig),
+    ) -> TestController {
+        let mut config = ControllerConfig::new(data_dir);
+        tweak(&mut config);
+        let listeners = Listeners::bind(http, gateway).await.expect("bind");
+        let running = spark_control::start(config, listeners)
+            .await
+            .expect("controller starts");
+        TestController {
+            http: running.http_addr,
+            gateway: running.gateway_addr,
+            admin_token: running.app.admin_token.clone(),
+            data_dir: data_dir.to_path_buf(),
+            running: Some(running),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A request to a control endpoint with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token)
+    }
+
+    /// A fresh join token, made through the API.
+    pub async fn token(&self) -> String {
+        self.token_with_ttl(None).await
+    }
+
+    pub async fn token_with_ttl(&self, ttl_seconds: Option<u64>) -> String {
+        let body = match ttl_seconds {
+            Some(t) => serde_json::json!({ "ttl_seconds": t }),
+            None => serde_json::json!({}),
+        };
+        let resp = self
+            .admin(reqwest::Method::POST, "/api/nodes/tokens")
+            .json(&body)
+            .send()
+            .await
+            .expect("POST token");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let v: Value = resp.json().await.expect("json");
+        v["token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn nodes(&self) -> Vec<Value> {
+        let (status, v) = self.get_json("/api/nodes").await;
+        assert_eq!(status, StatusCode::OK);
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn node(&self, id: &str) -> Option<Value> {
+        self.nodes().await.into_iter().find(|n| n["id"] == id)
+    }
+
+    pub async fn events(&self) -> Vec<Value> {
+        let (_, v) = self.get_json("/api/events").await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Stop the controller (agents see the link drop).
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+/// An agent running in this process.
+pub struct TestAgent {
+    pub identity: Identity,
+    pub state_dir: PathBuf,
+    pub status: watch::Receiver<LinkState>,
+    pub task: JoinHandle<Result<(), LinkError>>,
+    pub shutdown: CancellationToken,
+}
+
+impl TestAgent {
+    /// Enroll with `token` into `state_dir` under `name`, then run.
+    pub async fn join_and_run(token: &str, state_dir: &Path, name: &str) -> TestAgent {
+        let identity = spark_agent::enroll::join(token, state_dir, name)
+            .await
+            .expect("join");
+        Self::run(identity, state_dir)
+    }
+
+    pub fn run(identity: Identity, state_dir: &Path) -> TestAgent {
+        let (tx, rx) = watch::channel(LinkState::Connecting);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(spark_agent::link::run(
+            identity.clone(),
+            state_dir.to_path_buf(),
+            LinkOptions::default(),
+            shutdown.clone(),
+            tx,
+        ));
+        TestAgent {
+            identity,
+            state_dir: state_dir.to_path_buf(),
+            status: rx,
+            task,
+            shutdown,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic after `limit` naming `what`.
+pub async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Open a raw link websocket with an agent identity, without the agent's session logic, so a
+/// test can misbehave on purpose.
+pub async fn raw_link(
+    gateway: SocketAddr,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let config =
+        spark_agent::tls::link_config(ca_pem, cert_pem, key_pem).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(gateway)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = spark_agent::tls::server_name(&gateway.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let url = format!("wss://{gateway}{}", spark_common::enroll::LINK_PATH);
+    tokio_tungstenite::client_async(url, tls)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => format!(
+                "HTTP {}: {}",
+                resp.status(),
+                resp.body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+            ),
+            other => other.to_string(),
+        })
+}
