@@ -1,5 +1,6 @@
 //! Property tests: decoding arbitrary bytes is an error or a value, never a panic; every message
 //! survives an encode/decode round trip; token parsing never panics.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
 use proptest::prelude::*;
 use spark_common::host::{DiskUsage, HostSnapshot, LoadAverage};

@@ -1,5 +1,6 @@
 //! `spark-control up` as a user runs it: the real binary, a fresh data directory, one
 //! connected local node; run again on the same directory, still one node.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -29,6 +29,10 @@ pub fn init() {
         .try_init();
 }
 
+/// 127.0.0.1 with a port chosen by the OS.
+pub const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// A controller running in this process.
 pub struct TestController {
     pub running: Option<Running>,
@@ -42,13 +46,7 @@ pub struct TestController {
 impl TestController {
     /// Start on ephemeral loopback ports.
     pub async fn start(data_dir: &Path) -> TestController {
-        Self::start_with(
-            data_dir,
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            |_| {},
-        )
-        .await
+        Self::start_with(data_dir, LOOPBACK_ANY_PORT, LOOPBACK_ANY_PORT, |_| {}).await
     }
 
     /// Start on given addresses with a config tweak.

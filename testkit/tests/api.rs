@@ -1,4 +1,5 @@
 //! The HTTP API: shapes, errors, and the admin / same-origin guard on control endpoints.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Enrollment and the agent link, end to end: real controller, real agents, real TLS on
 //! loopback, ephemeral ports.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -261,7 +262,7 @@ async fn revoked_node_is_dropped_and_cannot_reconnect() {
         &agent.identity.key_pem,
     )
     .await;
-    let err = raw.err().expect("raw link refused");
+    let err = raw.expect_err("raw link refused");
     assert!(err.contains("403") && err.contains("revoked"), "{err}");
     // Revoking twice or an unknown node says so.
     let resp = ctl
@@ -294,8 +295,7 @@ async fn certificate_from_another_ca_is_refused() {
     // Present it to the first controller (trusting the first controller's CA for the server).
     let err = raw_link(ctl.gateway, &real_ca, &foreign.cert_pem, &foreign.key_pem)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(!err.contains("101"), "{err}");
     // And no certificate at all cannot open the link either.
     let err = no_cert_link(&ctl, &real_ca).await;
