@@ -113,6 +113,24 @@ impl TestController {
         v["token"].as_str().expect("token").to_string()
     }
 
+    /// Enroll a box into `state_dir` with a fresh token, without running its agent.
+    pub async fn enroll(&self, state_dir: &Path, name: &str) -> Identity {
+        spark_agent::enroll::join(&self.token().await, state_dir, name)
+            .await
+            .expect("join")
+    }
+
+    /// Open a raw link for `identity` (see [`raw_link`]).
+    pub async fn raw_link(&self, identity: &Identity) -> Result<RawLink, String> {
+        raw_link(
+            self.gateway,
+            &identity.ca_pem,
+            &identity.cert_pem,
+            &identity.key_pem,
+        )
+        .await
+    }
+
     pub async fn nodes(&self) -> Vec<Value> {
         let (status, v) = self.get_json("/api/nodes").await;
         assert_eq!(status, StatusCode::OK);
@@ -197,6 +215,35 @@ where
     }
 }
 
+/// A link websocket driven by the test itself.
+pub type RawLink =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Do the agent's side of the handshake on a raw link: send `hello`, return the controller's
+/// `Hello` frame and the frame after it (the `Welcome`, or a close).
+pub async fn raw_handshake(
+    ws: &mut RawLink,
+    hello: &spark_common::proto::Hello,
+) -> (
+    tokio_tungstenite::tungstenite::Message,
+    tokio_tungstenite::tungstenite::Message,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Binary(spark_common::proto::encode(hello).into()))
+        .await
+        .expect("send hello");
+    let mut next = async || {
+        ws.next()
+            .await
+            .expect("link open")
+            .expect("frame from the controller")
+    };
+    let first = next().await;
+    let second = next().await;
+    (first, second)
+}
+
 /// Open a raw link websocket with an agent identity, without the agent's session logic, so a
 /// test can misbehave on purpose.
 pub async fn raw_link(
@@ -204,10 +251,7 @@ pub async fn raw_link(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    String,
-> {
+) -> Result<RawLink, String> {
     let config =
         spark_agent::tls::link_config(ca_pem, cert_pem, key_pem).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(gateway)

@@ -10,7 +10,7 @@ use spark_agent::enroll::JoinError;
 use spark_agent::link::{LinkError, LinkState};
 use spark_common::proto::{self, CLOSE_REFUSED, ControllerMsg, Hello};
 use spark_common::token::JoinToken;
-use spark_testkit::{TestAgent, TestController, init, raw_link, wait_until};
+use spark_testkit::{TestAgent, TestController, init, raw_handshake, raw_link, wait_until};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn connected_node(ctl: &TestController, id: &str) -> Option<serde_json::Value> {
@@ -403,17 +403,9 @@ async fn silent_agent_is_declared_dead_by_heartbeat() {
         |c| c.heartbeat_interval = Duration::from_millis(300),
     )
     .await;
-    let id = spark_agent::enroll::join(&ctl.token().await, &dir.path().join("a"), "quiet")
-        .await
-        .unwrap();
-    let mut ws = raw_link(ctl.gateway, &id.ca_pem, &id.cert_pem, &id.key_pem)
-        .await
-        .unwrap();
-    ws.send(Message::Binary(proto::encode(&Hello::current(&[])).into()))
-        .await
-        .unwrap();
-    let _hello = ws.next().await.unwrap().unwrap();
-    let welcome = ws.next().await.unwrap().unwrap();
+    let id = ctl.enroll(&dir.path().join("a"), "quiet").await;
+    let mut ws = ctl.raw_link(&id).await.unwrap();
+    let (_hello, welcome) = raw_handshake(&mut ws, &Hello::current(&[])).await;
     let Message::Binary(b) = welcome else {
         panic!("{welcome:?}")
     };
@@ -456,27 +448,20 @@ async fn protocol_major_mismatch_is_refused_naming_both_versions() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let ctl = TestController::start(&dir.path().join("ctl")).await;
-    let id = spark_agent::enroll::join(&ctl.token().await, &dir.path().join("a"), "future")
-        .await
-        .unwrap();
-    let mut ws = raw_link(ctl.gateway, &id.ca_pem, &id.cert_pem, &id.key_pem)
-        .await
-        .unwrap();
+    let id = ctl.enroll(&dir.path().join("a"), "future").await;
+    let mut ws = ctl.raw_link(&id).await.unwrap();
     let future = Hello {
         proto_major: 9,
         proto_minor: 4,
         software_version: "9.4.0".into(),
         features: vec![],
     };
-    ws.send(Message::Binary(proto::encode(&future).into()))
-        .await
-        .unwrap();
-    let Message::Binary(b) = ws.next().await.unwrap().unwrap() else {
-        panic!("expected hello")
+    let (hello, close) = raw_handshake(&mut ws, &future).await;
+    let Message::Binary(b) = hello else {
+        panic!("expected hello, got {hello:?}")
     };
     let theirs: Hello = proto::decode(&b).unwrap();
     assert_eq!(theirs.proto_major, proto::PROTO_MAJOR);
-    let close = ws.next().await.unwrap().unwrap();
     let Message::Close(Some(frame)) = close else {
         panic!("expected close, got {close:?}")
     };
@@ -496,14 +481,10 @@ async fn garbage_frames_do_not_break_the_controller() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let ctl = TestController::start(&dir.path().join("ctl")).await;
-    let id = spark_agent::enroll::join(&ctl.token().await, &dir.path().join("a"), "noisy")
-        .await
-        .unwrap();
+    let id = ctl.enroll(&dir.path().join("a"), "noisy").await;
 
     // Garbage instead of a Hello: closed with a reason.
-    let mut ws = raw_link(ctl.gateway, &id.ca_pem, &id.cert_pem, &id.key_pem)
-        .await
-        .unwrap();
+    let mut ws = ctl.raw_link(&id).await.unwrap();
     ws.send(Message::Binary(vec![0xff, 0xff, 0xff].into()))
         .await
         .unwrap();
@@ -514,14 +495,8 @@ async fn garbage_frames_do_not_break_the_controller() {
     );
 
     // After a good Hello, undecodable frames are dropped and the link stays up.
-    let mut ws = raw_link(ctl.gateway, &id.ca_pem, &id.cert_pem, &id.key_pem)
-        .await
-        .unwrap();
-    ws.send(Message::Binary(proto::encode(&Hello::current(&[])).into()))
-        .await
-        .unwrap();
-    ws.next().await.unwrap().unwrap();
-    ws.next().await.unwrap().unwrap();
+    let mut ws = ctl.raw_link(&id).await.unwrap();
+    raw_handshake(&mut ws, &Hello::current(&[])).await;
     let mut seed = 0x1234_5678u32;
     for i in 0..300 {
         let len = (i % 64) + 1;
