@@ -141,6 +141,15 @@ impl TestController {
         self.nodes().await.into_iter().find(|n| n["id"] == id)
     }
 
+    /// Wait until node `id` is listed with `connected == connected`; returns it.
+    pub async fn wait_node_connected(&self, id: &str, connected: bool, limit: Duration) -> Value {
+        let what = format!("node {id} connected == {connected}");
+        wait_until(limit, &what, || async {
+            self.node(id).await.filter(|n| n["connected"] == connected)
+        })
+        .await
+    }
+
     pub async fn events(&self) -> Vec<Value> {
         let (_, v) = self.get_json("/api/events").await;
         v.as_array().cloned().unwrap_or_default()

@@ -215,10 +215,8 @@ async fn rename_reaches_the_agent_and_names_are_validated() {
     let state = dir.path().join("a");
     let agent = TestAgent::join_and_run(&ctl.token().await, &state, "box").await;
     let id = agent.identity.node_id.clone();
-    wait_until(Duration::from_secs(3), "connected", || async {
-        ctl.node(&id).await.filter(|n| n["connected"] == true)
-    })
-    .await;
+    ctl.wait_node_connected(&id, true, Duration::from_secs(3))
+        .await;
 
     let resp = ctl
         .admin(Method::PATCH, &format!("/api/nodes/{id}"))

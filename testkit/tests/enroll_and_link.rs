@@ -92,16 +92,8 @@ async fn enrolled_agent_appears_with_host_snapshot_within_2s() {
     assert!(kinds.contains(&"node_enrolled".to_string()), "{kinds:?}");
     assert!(kinds.contains(&"node_connected".to_string()), "{kinds:?}");
     agent.stop().await;
-    wait_until(
-        Duration::from_secs(3),
-        "node shown disconnected",
-        || async {
-            ctl.node(&identity.node_id)
-                .await
-                .filter(|n| n["connected"] == false)
-        },
-    )
-    .await;
+    ctl.wait_node_connected(&identity.node_id, false, Duration::from_secs(3))
+        .await;
     let events = ctl.events().await;
     assert_eq!(
         events[0]["kind"], "node_disconnected",
@@ -413,20 +405,12 @@ async fn silent_agent_is_declared_dead_by_heartbeat() {
         proto::decode::<ControllerMsg>(&b).unwrap(),
         ControllerMsg::Welcome { .. }
     ));
-    wait_until(Duration::from_secs(2), "connected", || async {
-        ctl.node(&id.node_id)
-            .await
-            .filter(|n| n["connected"] == true)
-    })
-    .await;
+    ctl.wait_node_connected(&id.node_id, true, Duration::from_secs(2))
+        .await;
     // Now go silent: no reads (so no pongs), no writes.
     let silent = Instant::now();
-    wait_until(Duration::from_secs(3), "silent agent dropped", || async {
-        ctl.node(&id.node_id)
-            .await
-            .filter(|n| n["connected"] == false)
-    })
-    .await;
+    ctl.wait_node_connected(&id.node_id, false, Duration::from_secs(3))
+        .await;
     assert!(
         silent.elapsed() >= Duration::from_millis(600),
         "dropped too early: {:?}",
@@ -517,16 +501,8 @@ async fn garbage_frames_do_not_break_the_controller() {
     // An oversized frame ends that link, and only that link.
     let big = vec![0u8; proto::MAX_FRAME_BYTES + 10];
     let _ = ws.send(Message::Binary(big.into())).await;
-    wait_until(
-        Duration::from_secs(3),
-        "oversized sender dropped",
-        || async {
-            ctl.node(&id.node_id)
-                .await
-                .filter(|n| n["connected"] == false)
-        },
-    )
-    .await;
+    ctl.wait_node_connected(&id.node_id, false, Duration::from_secs(3))
+        .await;
     let (status, _) = ctl.get_json("/healthz").await;
     assert_eq!(status, 200);
 }
