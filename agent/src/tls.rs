@@ -46,8 +46,7 @@ pub fn certs_from_pem(
 
 /// The TLS server name for a `host:port` gateway address (IP literals included).
 pub fn server_name(addr: &str) -> Result<ServerName<'static>, TlsSetupError> {
-    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = spark_common::token::host_of(addr);
     ServerName::try_from(host.to_string()).map_err(|_| TlsSetupError::ServerName(host.into()))
 }
 

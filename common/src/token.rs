@@ -86,6 +86,13 @@ fn is_token_word(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The host part of a `host:port` gateway address, without IPv6 brackets (`[::1]:9443` ->
+/// `::1`). Text without a port is returned as it is.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// `host:port` or `[v6]:port`, with a host of letters, digits, dots, hyphens (or a v6 literal).
 pub fn is_host_port(s: &str) -> bool {
     let Some((host, port)) = s.rsplit_once(':') else {
@@ -150,6 +157,14 @@ mod tests {
         let mut t = token();
         t.secret = "a b".into();
         check(&t.encode(), "bad id or secret");
+    }
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("10.0.0.1:9443"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:9443"), "::1");
+        assert_eq!(host_of("spark.local:1"), "spark.local");
+        assert_eq!(host_of("spark"), "spark");
     }
 
     #[test]

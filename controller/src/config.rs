@@ -114,8 +114,7 @@ pub fn server_names(gateways: &[String]) -> (Vec<String>, Vec<IpAddr>) {
         ips.push(IpAddr::V4(ip));
     }
     for g in gateways {
-        let host = g.rsplit_once(':').map(|(h, _)| h).unwrap_or(g);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = spark_common::token::host_of(g);
         match host.parse::<IpAddr>() {
             Ok(ip) => ips.push(ip),
             Err(_) => dns.push(host.to_string()),
