@@ -132,47 +132,37 @@ async fn bad_requests_get_json_errors_that_say_what_to_fix() {
             "{status}: {body}"
         );
     };
+    // Send a control request; it must fail with `status` and a message containing `want`.
+    let expect_error = async |req: reqwest::RequestBuilder, status: u16, want: &str| {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), status, "{want}");
+        check(status, resp.json().await.unwrap(), want);
+    };
+    let tokens = || ctl.admin(Method::POST, "/api/nodes/tokens");
+    let missing = || ctl.admin(Method::PATCH, "/api/nodes/missing");
 
-    let resp = ctl
-        .admin(Method::POST, "/api/nodes/tokens")
-        .body("{nope")
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    check(400, resp.json().await.unwrap(), "ttl_seconds");
-    let resp = ctl
-        .admin(Method::POST, "/api/nodes/tokens")
-        .json(&json!({"ttl_seconds": 0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    check(400, resp.json().await.unwrap(), "between 1 second");
-    let resp = ctl
-        .admin(Method::POST, "/api/nodes/tokens")
-        .json(&json!({"ttl_seconds": 99999999}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let resp = ctl
-        .admin(Method::PATCH, "/api/nodes/missing")
-        .json(&json!({"name": "ok"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    check(404, resp.json().await.unwrap(), "no node");
-    let resp = ctl
-        .admin(Method::PATCH, "/api/nodes/missing")
-        .json(&json!({"nom": "ok"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 422);
-    check(422, resp.json().await.unwrap(), "name");
+    expect_error(
+        tokens()
+            .body("{nope")
+            .header("content-type", "application/json"),
+        400,
+        "ttl_seconds",
+    )
+    .await;
+    expect_error(
+        tokens().json(&json!({"ttl_seconds": 0})),
+        400,
+        "between 1 second",
+    )
+    .await;
+    expect_error(
+        tokens().json(&json!({"ttl_seconds": 99999999})),
+        400,
+        "between 1 second",
+    )
+    .await;
+    expect_error(missing().json(&json!({"name": "ok"})), 404, "no node").await;
+    expect_error(missing().json(&json!({"nom": "ok"})), 422, "name").await;
     let (status, body) = ctl.get_json("/api/nothing-here").await;
     assert_eq!(status, 404);
     check(404, body, "no API endpoint");

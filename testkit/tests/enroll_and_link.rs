@@ -113,46 +113,37 @@ async fn used_expired_and_forged_tokens_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ctl = TestController::start(&dir.path().join("ctl")).await;
 
+    // Each refusal names its reason.
+    let refused = async |token: &str, dir_name: &str, want: &str| {
+        let err = spark_agent::enroll::join(token, &dir.path().join(dir_name), dir_name)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(want), "{dir_name}: {err}");
+        err
+    };
+
     // Used.
     let token = ctl.token().await;
     spark_agent::enroll::join(&token, &dir.path().join("a1"), "a1")
         .await
         .unwrap();
-    let err = spark_agent::enroll::join(&token, &dir.path().join("a2"), "a2")
-        .await
-        .unwrap_err();
+    let err = refused(&token, "a2", "already used").await;
     assert!(matches!(err, JoinError::Refused(_)), "{err}");
-    assert!(err.to_string().contains("already used"), "{err}");
 
     // Expired.
     let token = ctl.token_with_ttl(Some(1)).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let err = spark_agent::enroll::join(&token, &dir.path().join("a3"), "a3")
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("expired"), "{err}");
+    refused(&token, "a3", "expired").await;
 
     // Forged: right id, wrong secret; and an id that never existed.
     let mut forged = JoinToken::parse(&ctl.token().await).unwrap();
     forged.secret = "Forged0000000000000000000000000000".into();
-    let err = spark_agent::enroll::join(&forged.encode(), &dir.path().join("a4"), "a4")
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("not recognised"), "{err}");
+    refused(&forged.encode(), "a4", "not recognised").await;
     forged.id = "tNeverIssued1".into();
-    let err = spark_agent::enroll::join(&forged.encode(), &dir.path().join("a5"), "a5")
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("not recognised"), "{err}");
+    refused(&forged.encode(), "a5", "not recognised").await;
 
     // Not a token at all.
-    let err = spark_agent::enroll::join("hello", &dir.path().join("a6"), "a6")
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("not a Spark Control join token"),
-        "{err}"
-    );
+    refused("hello", "a6", "not a Spark Control join token").await;
 
     // Nothing was written for refused joins.
     for d in ["a2", "a3", "a4", "a5", "a6"] {
