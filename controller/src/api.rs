@@ -120,6 +120,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/events", get(list_events))
         .route("/version", get(version))
         .merge(crate::boxes::routes())
+        .merge(crate::lock::routes())
+        .merge(crate::webhooks::routes())
+        .merge(crate::schedules::routes())
         .fallback(api_not_found)
         .layer(middleware::from_fn_with_state(app.clone(), control_guard));
     Router::new()

@@ -1,7 +1,10 @@
 //! The controller's durable state: one SQLite file in the data directory.
 //!
 //! Tables: `nodes`, `join_tokens` (secrets stored as SHA-256 only), `events` (the event and audit
-//! log), `meta` (small settings such as the advertised gateway addresses). Schema changes are
+//! log), `meta` (small settings such as the advertised gateway addresses); and for models and
+//! swaps (migration 3), owned by their modules: `recipes` and `knobs` (`menu`), `swap_jobs` and
+//! `swap_events` (`swap`), `swap_lock` (`lock`, token stored as SHA-256 only), `webhooks` and
+//! `webhook_deliveries` (`webhooks`), `schedules` (`schedules`). Schema changes are
 //! numbered migrations tracked by `PRAGMA user_version`.
 //!
 //! Calls are short and synchronous behind one mutex; nothing here holds the lock across an await.
@@ -50,6 +53,79 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#,
     r#"
 ALTER TABLE nodes ADD COLUMN macs TEXT NOT NULL DEFAULT '[]';
+"#,
+    r#"
+CREATE TABLE recipes (
+    key TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE knobs (
+    key TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE swap_jobs (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    error TEXT,
+    log_tail TEXT NOT NULL DEFAULT '[]',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    ready_at INTEGER,
+    finished_at INTEGER
+);
+CREATE INDEX swap_jobs_created ON swap_jobs(created_at);
+CREATE TABLE swap_events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE swap_lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    reason TEXT,
+    token_sha256 TEXT NOT NULL,
+    acquired_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    events TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    next_attempt_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER
+);
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    cron TEXT NOT NULL,
+    model TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -154,7 +230,9 @@ impl Db {
         })
     }
 
-    fn with<T>(
+    /// Run `f` on the connection (short, synchronous work only). Feature modules keep their own
+    /// SQL next to their logic and call this.
+    pub fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, DbError> {

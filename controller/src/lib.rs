@@ -16,11 +16,15 @@ pub mod ca;
 pub mod config;
 pub mod db;
 pub mod gateway;
+pub mod lock;
 pub mod nodes;
+pub mod recipes;
 pub mod registry;
+pub mod schedules;
 pub mod up;
 pub mod wake;
 pub mod web;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -220,11 +224,13 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
         }
     });
 
+    let webhook_worker = webhooks::spawn_worker(app.clone());
+
     Ok(Running {
         app,
         http_addr,
         gateway_addr,
-        tasks: vec![gw_task, http_task, flusher],
+        tasks: vec![gw_task, http_task, flusher, webhook_worker],
     })
 }
 
