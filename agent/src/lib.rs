@@ -30,4 +30,4 @@ pub fn install_crypto_provider() {
 }
 
 /// Features this agent announces in its `Hello`.
-pub const FEATURES: &[&str] = &["host-snapshot", "telemetry", "ops"];
+pub const FEATURES: &[&str] = &["host-snapshot", "telemetry", "ops", "model-config"];

@@ -637,6 +637,66 @@ impl ModelStore {
         Ok((canon, freed))
     }
 
+    /// The `config.json` of one model in the store: the newest snapshot holding one for a cached
+    /// repository, or the directory itself for a local model (which must be a scanned model, so
+    /// nothing outside the roots is read). Returns the file's path and its text. Blocking.
+    pub fn config_json(&self, target: &ModelTarget) -> Result<(String, String), OpError> {
+        let inventory = self.scan();
+        let entry = inventory.models.iter().find(|m| match target {
+            ModelTarget::Repo(id) => m.repo_id.as_deref() == Some(id.as_str()),
+            ModelTarget::Path(p) => m.path == *p,
+        });
+        let Some(entry) = entry else {
+            let what = match target {
+                ModelTarget::Repo(id) => format!("{id} is not in the Hugging Face cache"),
+                ModelTarget::Path(p) => {
+                    format!("{p} is not a model directory under the model roots")
+                }
+            };
+            return Err(OpError::new(
+                OpErrorKind::NotFound,
+                format!("{what} ({})", self.roots_text()),
+            ));
+        };
+        let dir = PathBuf::from(&entry.path);
+        let candidates: Vec<PathBuf> = match entry.source {
+            ModelSource::HfCache => entry
+                .revisions
+                .iter()
+                .map(|r| dir.join("snapshots").join(&r.commit).join("config.json"))
+                .collect(),
+            ModelSource::LocalDir => vec![dir.join("config.json")],
+        };
+        for path in candidates {
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() && m.len() <= MAX_CONFIG_BYTES => {
+                    let text = fs::read_to_string(&path).map_err(|e| {
+                        OpError::new(
+                            OpErrorKind::Internal,
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    return Ok((path.display().to_string(), text));
+                }
+                Ok(m) if m.is_file() => {
+                    return Err(OpError::new(
+                        OpErrorKind::Refused,
+                        format!(
+                            "{} is {} bytes, too large for a config.json",
+                            path.display(),
+                            m.len()
+                        ),
+                    ));
+                }
+                _ => continue,
+            }
+        }
+        Err(OpError::new(
+            OpErrorKind::NotFound,
+            format!("{} has no config.json", entry.path),
+        ))
+    }
+
     fn all_roots(&self) -> Vec<PathBuf> {
         let mut r = self.local_roots.clone();
         r.push(self.hf_cache.clone());

@@ -214,6 +214,15 @@ impl Runtime {
                     )
                     .await
             }
+            Op::ReadModelConfig(target) => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.config_json(&target))
+                    .await
+                    .map_err(|e| {
+                        OpError::new(OpErrorKind::Internal, format!("config read failed: {e}"))
+                    })?
+                    .map(|(path, json)| OpOutput::ModelConfig { path, json })
+            }
             Op::WakeOnLan { mac } => {
                 let bytes = spark_common::ops::parse_mac(&mac)
                     .map_err(|m| OpError::new(OpErrorKind::BadRequest, m))?;

@@ -82,6 +82,9 @@ pub enum Op {
     WakeOnLan {
         mac: String,
     },
+    /// The full `config.json` of a model in the store (newest complete snapshot of a cached
+    /// repository, or a local model directory). Agents announcing "model-config" perform it.
+    ReadModelConfig(ModelTarget),
 }
 
 impl Op {
@@ -105,6 +108,7 @@ impl Op {
             Op::DeleteModel(_) => "delete_model",
             Op::DownloadModel(_) => "download_model",
             Op::WakeOnLan { .. } => "wake_on_lan",
+            Op::ReadModelConfig(_) => "read_model_config",
         }
     }
 }
@@ -324,6 +328,11 @@ pub enum OpOutput {
         commit: String,
         files: u32,
         bytes: u64,
+    },
+    /// A model's `config.json` text and the file it was read from.
+    ModelConfig {
+        path: String,
+        json: String,
     },
 }
 

@@ -121,6 +121,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/version", get(version))
         .merge(crate::boxes::routes())
         .merge(crate::lock::routes())
+        .merge(crate::menu::routes())
+        .merge(crate::swap::routes())
         .merge(crate::webhooks::routes())
         .merge(crate::schedules::routes())
         .fallback(api_not_found)
@@ -128,6 +130,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .nest("/api", api)
+        .merge(crate::proxy::routes())
         .merge(crate::web::router())
         .with_state(app)
 }

@@ -19,6 +19,13 @@ pub struct ControllerConfig {
     pub heartbeat_interval: Duration,
     /// Where the controller sends Wake-on-LAN packets when no peer agent can.
     pub wol_target: std::net::SocketAddr,
+    /// Runtime image for recipes inferred from a model's config.json ("vllm-node" is the tag
+    /// spark-vllm-docker builds).
+    pub default_runtime_image: String,
+    /// How long a gateway request for an on-demand model that is not loaded waits for it
+    /// before answering 503 + Retry-After.
+    #[serde(with = "millis")]
+    pub on_demand_wait: Duration,
 }
 
 mod millis {
@@ -37,6 +44,8 @@ impl ControllerConfig {
             advertise: Vec::new(),
             heartbeat_interval: Duration::from_secs(2),
             wol_target: std::net::SocketAddr::from(([255, 255, 255, 255], 9)),
+            default_runtime_image: "vllm-node".into(),
+            on_demand_wait: Duration::from_secs(120),
         }
     }
 }

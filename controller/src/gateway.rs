@@ -283,6 +283,7 @@ async fn session(app: Arc<App>, node: NodeRow, mut socket: WebSocket, remote: So
         &theirs.software_version,
         &protocol,
         &theirs.features,
+        remote.ip(),
     );
     let _ = app
         .db

@@ -13,14 +13,19 @@
 pub mod api;
 pub mod boxes;
 pub mod ca;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod gateway;
 pub mod lock;
+pub mod menu;
 pub mod nodes;
+pub mod preflight;
+pub mod proxy;
 pub mod recipes;
 pub mod registry;
 pub mod schedules;
+pub mod swap;
 pub mod up;
 pub mod wake;
 pub mod web;
@@ -55,6 +60,8 @@ pub struct App {
     pub downloads: boxes::Downloads,
     /// The wakeable interfaces last recorded per node (to write the database only on change).
     pub nics_seen: std::sync::Mutex<std::collections::HashMap<String, Vec<wake::KnownNic>>>,
+    /// The swap arbiter's handle and its jobs.
+    pub swaps: swap::Swaps,
 }
 
 /// The two listening sockets, bound by the caller.
@@ -174,6 +181,7 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
         shutdown: CancellationToken::new(),
         downloads: Default::default(),
         nics_seen: Default::default(),
+        swaps: Default::default(),
     });
     let _ = app.db.add_event(
         "controller_started",
@@ -225,12 +233,13 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
     });
 
     let webhook_worker = webhooks::spawn_worker(app.clone());
+    let arbiter = swap::spawn(app.clone());
 
     Ok(Running {
         app,
         http_addr,
         gateway_addr,
-        tasks: vec![gw_task, http_task, flusher, webhook_worker],
+        tasks: vec![gw_task, http_task, flusher, webhook_worker, arbiter],
     })
 }
 

@@ -33,6 +33,9 @@ pub struct LiveNode {
     pub protocol: String,
     /// What the agent announced in its `Hello` (e.g. "ops": it performs operations).
     pub features: Vec<String>,
+    /// The address the agent connected from: how the controller reaches the box's model
+    /// servers (by IP, never by a `.local` name).
+    pub remote_ip: std::net::IpAddr,
     pub host: Option<HostSnapshot>,
     /// The latest full telemetry (agents with the "telemetry" feature).
     pub telemetry: Option<Telemetry>,
@@ -122,6 +125,7 @@ impl Registry {
         agent_version: &str,
         protocol: &str,
         features: &[String],
+        remote_ip: std::net::IpAddr,
     ) -> (u64, mpsc::UnboundedReceiver<SessionCmd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let now = crate::now_ms();
@@ -136,6 +140,7 @@ impl Registry {
                 agent_version: agent_version.to_string(),
                 protocol: protocol.to_string(),
                 features: features.to_vec(),
+                remote_ip,
                 host: None,
                 telemetry: None,
                 telemetry_at: None,

@@ -233,6 +233,8 @@ pub struct DockerBox {
     pub node_id: String,
     /// The agent's mount root (bind-mount sources must lie under it).
     pub root: PathBuf,
+    /// The agent's Hugging Face hub cache (its parent is a mount root, as in a real config).
+    pub hf_cache: PathBuf,
 }
 
 impl DockerBox {
@@ -245,7 +247,10 @@ impl DockerBox {
         std::fs::create_dir_all(&root).expect("mount root");
         let mut config = offline_runtime(&state);
         config.engine.endpoint = dockerd.endpoint();
-        config.engine.mount_roots = vec![root.clone()];
+        let hf_cache = config.hf_cache.clone();
+        std::fs::create_dir_all(&hf_cache).expect("hub cache");
+        let hf_home = hf_cache.parent().unwrap_or(&hf_cache).to_path_buf();
+        config.engine.mount_roots = vec![root.clone(), hf_home];
         let node_id = identity.node_id.clone();
         let agent = TestAgent::run_with(identity, &state, config);
         ctl.wait_node_connected(&node_id, true, Duration::from_secs(5))
@@ -255,6 +260,7 @@ impl DockerBox {
             agent,
             node_id,
             root,
+            hf_cache,
         })
     }
 }
@@ -339,4 +345,69 @@ pub async fn raw_link(
             ),
             other => other.to_string(),
         })
+}
+
+/// Put a complete model into a Hugging Face hub cache as `huggingface_hub` lays it out (blobs,
+/// a snapshot of links, `refs/main`): a `config.json` with `config` and a weights file of
+/// `weights_len` bytes.
+pub fn plant_hf_model(hub: &Path, repo: &str, config: &str, weights_len: usize) {
+    use sha2::Digest;
+    let dir = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let commit = hex::encode(&sha2::Sha256::digest(repo.as_bytes())[..20]);
+    let files: [(&str, Vec<u8>); 2] = [
+        ("config.json", config.as_bytes().to_vec()),
+        ("model.safetensors", vec![0x5a; weights_len]),
+    ];
+    for (name, bytes) in files {
+        let blob = hex::encode(sha2::Sha256::digest(&bytes));
+        let blob_path = dir.join("blobs").join(&blob);
+        std::fs::create_dir_all(blob_path.parent().expect("parent")).expect("blobs dir");
+        std::fs::write(&blob_path, &bytes).expect("blob");
+        let link = dir.join("snapshots").join(&commit).join(name);
+        std::fs::create_dir_all(link.parent().expect("parent")).expect("snapshot dir");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("../../blobs/{blob}"), &link).expect("link");
+    }
+    std::fs::create_dir_all(dir.join("refs")).expect("refs");
+    std::fs::write(dir.join("refs/main"), &commit).expect("ref");
+}
+
+/// Read a server-sent event stream until an event named `until` (included) or the end;
+/// returns (event name, JSON data) pairs. Panics if the stream stalls for `stall`.
+pub async fn read_sse(
+    mut resp: reqwest::Response,
+    until: &str,
+    stall: Duration,
+) -> Vec<(String, Value)> {
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(stall, resp.chunk())
+            .await
+            .expect("SSE stalled")
+            .expect("SSE read");
+        let Some(chunk) = chunk else { break };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ").or(line.strip_prefix("event:")) {
+                    event = e.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                    data.push_str(d);
+                }
+            }
+            if event.is_empty() {
+                continue;
+            }
+            let last = event == until;
+            events.push((event, serde_json::from_str(&data).unwrap_or(Value::Null)));
+            if last {
+                return events;
+            }
+        }
+    }
+    events
 }

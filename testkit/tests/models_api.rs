@@ -13,38 +13,8 @@ use spark_testkit::{TestAgent, TestController, init, offline_runtime};
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Read an SSE response until the `finished` event; returns (event, data) pairs.
-async fn read_events(mut resp: reqwest::Response) -> Vec<(String, Value)> {
-    let mut buf = String::new();
-    let mut events = Vec::new();
-    loop {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
-            .await
-            .expect("SSE stalled")
-            .unwrap();
-        let Some(chunk) = chunk else { break };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let mut event = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    event = e.to_string();
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            if event.is_empty() {
-                continue;
-            }
-            let finished = event == "finished";
-            events.push((event, serde_json::from_str(&data).unwrap_or(Value::Null)));
-            if finished {
-                return events;
-            }
-        }
-    }
-    events
+async fn read_events(resp: reqwest::Response) -> Vec<(String, Value)> {
+    spark_testkit::read_sse(resp, "finished", Duration::from_secs(30)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

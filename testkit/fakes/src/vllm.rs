@@ -28,6 +28,64 @@
 //! Test controls (not in vLLM): `POST /fake/kill-engine`, `POST /fake/revive`,
 //! `POST /fake/stream-failure {"after_tokens": N|null}`, and `GET /fake/requests` (the bodies of
 //! the last 64 inference requests, newest last).
+//!
+//! # Command line (`spark-fake vllm`, [`ServeArgs`])
+//!
+//! Takes real `vllm serve MODEL [flags]` command lines: `--flag value` and `--flag=value`,
+//! underscores in flag names (`--max_model_len`) and `-tp`/`-pp`/`-dp`, as vLLM's
+//! `FlexibleArgumentParser` does ([`normalize_serve_args`]); a repeated flag's last value wins.
+//! An unknown flag or a bad value is clap's error: message on stderr, exit code 2.
+//!
+//! * Served model: `MODEL` / `--model`, `--served-model-name A [B..]`, `--max-model-len`
+//!   (N, `32k` = 32000, `32K` = 32768, `auto` / `-1` = 32768; [`human_readable_int`]),
+//!   `--api-key`; `--host`, `--port` (spark-fake's global flags).
+//! * Parallelism: `--tensor-parallel-size`/`-tp`, `--pipeline-parallel-size`/`-pp`,
+//!   `--data-parallel-size`/`-dp` (all >= 1), `--distributed-executor-backend
+//!   ray|mp|uni|external_launcher`, `--nnodes N`, `--node-rank R`, `--master-addr A`,
+//!   `--master-port P`, `--headless`, `--[no-]enable-expert-parallel`.
+//! * Memory and scheduling: `--gpu-memory-utilization F` (0 < F <= 1),
+//!   `--max-num-batched-tokens N`, `--max-num-seqs N`, `--max-num-partial-prefills N`,
+//!   `--kv-cache-dtype` ([`KV_CACHE_DTYPES`]), `--block-size`, `--swap-space GIB`,
+//!   `--[no-]enable-prefix-caching`, `--[no-]enable-chunked-prefill`, `--[no-]async-scheduling`,
+//!   `--[no-]enforce-eager`.
+//! * Weights: `--load-format` ([`LOAD_FORMATS`]), `--[no-]trust-remote-code`, `--dtype`
+//!   ([`DTYPES`]), `--quantization`/`-q` (any name), `--revision`, `--tokenizer`,
+//!   `--download-dir`, `--seed`, `--attention-backend`, `--moe-backend`, `--speculative-config
+//!   JSON`, `--compilation-config`/`-O`.
+//! * Front end: `--[no-]enable-auto-tool-choice`, `--tool-call-parser`, `--reasoning-parser`,
+//!   `--chat-template`, `--limit-mm-per-prompt JSON` (an object), `--mm-encoder-tp-mode
+//!   weights|data`, `--[no-]enable-log-requests`, `--disable-log-requests`.
+//! * Model kind: `--task` ([`TASKS`]), `--runner` ([`RUNNERS`]), `--convert` ([`CONVERTS`]);
+//!   `--runner pooling`, `--task embed|embedding|classify|score|reward` and
+//!   `--convert embed|classify|reward` serve a pooling model ([`Mode::Embed`]).
+//!
+//! Only the served model, `--max-model-len`, `--api-key` and the model kind change what the
+//! server does; the other flags are validated and logged. After parsing, [`ServeArgs::validate`]
+//! makes vLLM's simple cross-checks (`--node-rank` < `--nnodes`, world size divisible by
+//! `--nnodes`, `--enable-auto-tool-choice` needs `--tool-call-parser`) and the fake's rule that
+//! `--headless` is a multi-node worker (`--nnodes` > 1, `--node-rank` >= 1); a failure is
+//! reported like a parse error (exit code 2).
+//!
+//! As a process it logs vLLM-like lines (`INFO MM-DD HH:MM:SS [file.py:N] ...`): the version,
+//! `argv: [..]` (the whole command line as a JSON array), `environment: NAME=VALUE` for
+//! `VLLM_HOST_IP`, `NCCL_SOCKET_IFNAME`, `NCCL_IB_HCA` and `GLOO_SOCKET_IFNAME` when set,
+//! `Starting vLLM engine for MODEL (tp=T, nnodes=N, rank=R, pp=P, backend=B)`, an
+//! `Engine config: ..` line with the effective settings, `Loading weights took S seconds`,
+//! then, right before binding, `Starting vLLM API server on http://HOST:PORT`, and
+//! `listening on ADDR` (on stdout) once bound. The log lines go to stderr unless
+//! `VLLM_LOGGING_STREAM=ext://sys.stdout` (vLLM's own variable; real vLLM defaults to stdout,
+//! the fake to stderr so that stdout's first line stays `listening on ADDR`). A `--headless`
+//! worker logs `headless worker rank R of N, master ADDR:PORT`, never binds a port and runs
+//! until SIGTERM/SIGINT (exit 0). SIGTERM/SIGINT end every phase promptly (exit 0).
+//!
+//! Test controls on the command line (not in vLLM): `--check-args` (parse and validate only,
+//! print `arguments ok`, exit 0, bind nothing), `--load-delay-ms N` (loading time; the port is
+//! not bound meanwhile), `--exit-during-load-ms N` with `--exit-code C` (default 1: loading
+//! fails after N ms, whatever `--load-delay-ms` says, with vLLM's CUDA out-of-memory and
+//! `RuntimeError: Engine core initialization failed. See root cause above.` lines on stderr, and
+//! exit C; the port is never bound; also for `--headless`), `--token-delay-ms`, `--die-after-ms`,
+//! `--die-after-requests`, `--fail-after-tokens`, `--embedding`, `--embedding-dim`,
+//! `--vllm-version`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -1134,4 +1192,641 @@ async fn metrics(State(st): State<Shared>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `vllm serve` command line
+// ---------------------------------------------------------------------------------------------
+
+/// `--kv-cache-dtype` values (vLLM's `CacheDType`, union over recent versions).
+pub const KV_CACHE_DTYPES: [&str; 9] = [
+    "auto",
+    "float16",
+    "bfloat16",
+    "int8",
+    "fp8",
+    "fp8_e4m3",
+    "fp8_e5m2",
+    "fp8_inc",
+    "fp8_ds_mla",
+];
+
+/// `--load-format` values (vLLM's `LoadFormats`, union over recent versions).
+pub const LOAD_FORMATS: [&str; 15] = [
+    "auto",
+    "hf",
+    "bitsandbytes",
+    "dummy",
+    "fastsafetensors",
+    "gguf",
+    "instanttensor",
+    "mistral",
+    "npcache",
+    "pt",
+    "runai_streamer",
+    "runai_streamer_sharded",
+    "safetensors",
+    "sharded_state",
+    "tensorizer",
+];
+
+/// `--dtype` values (vLLM's `ModelDType`).
+pub const DTYPES: [&str; 6] = ["auto", "half", "float16", "bfloat16", "float", "float32"];
+
+/// `--distributed-executor-backend` values.
+pub const EXECUTOR_BACKENDS: [&str; 4] = ["ray", "mp", "uni", "external_launcher"];
+
+/// `--task` values (deprecated in vLLM in favour of `--runner`/`--convert`, still accepted).
+pub const TASKS: [&str; 9] = [
+    "auto",
+    "generate",
+    "embedding",
+    "embed",
+    "classify",
+    "score",
+    "reward",
+    "transcription",
+    "draft",
+];
+
+/// `--runner` values.
+pub const RUNNERS: [&str; 4] = ["auto", "generate", "pooling", "draft"];
+
+/// `--convert` values.
+pub const CONVERTS: [&str; 5] = ["auto", "none", "embed", "classify", "reward"];
+
+/// `--block-size` values.
+pub const BLOCK_SIZES: [&str; 7] = ["1", "8", "16", "32", "64", "128", "256"];
+
+/// vLLM's short aliases that are not single-letter flags (clap knows only single-letter shorts).
+const SHORT_ALIASES: [(&str, &str); 3] = [
+    ("-tp", "--tensor-parallel-size"),
+    ("-pp", "--pipeline-parallel-size"),
+    ("-dp", "--data-parallel-size"),
+];
+
+/// Rewrites the arguments that follow `vllm` the way vLLM's `FlexibleArgumentParser` reads
+/// them, so clap can parse them: `--max_model_len=8k` becomes `--max-model-len=8k`
+/// (underscores in a long flag's name), and `-tp 2` / `-tp=2` (also `-pp`, `-dp`) become the long
+/// flags. Values and everything after `--` are left alone.
+pub fn normalize_serve_args<I>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator<Item = std::ffi::OsString>,
+{
+    let mut out = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        let Some(s) = arg.to_str().filter(|_| !rest) else {
+            out.push(arg);
+            continue;
+        };
+        if s == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        let (name, value) = match s.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (s, None),
+        };
+        let name = if let Some((_, long)) = SHORT_ALIASES.iter().find(|(short, _)| *short == name) {
+            (*long).to_string()
+        } else if name.len() > 2 && name.starts_with("--") {
+            name.replace('_', "-")
+        } else {
+            out.push(arg);
+            continue;
+        };
+        out.push(match value {
+            Some(v) => format!("{name}={v}").into(),
+            None => name.into(),
+        });
+    }
+    out
+}
+
+/// vLLM's `human_readable_int`: a plain integer, or a number with a suffix: `k`, `m`, `g`, `t`
+/// are decimal (`25.6k` = 25600), `K`, `M`, `G`, `T` binary (`32K` = 32768, no decimals).
+pub fn human_readable_int(value: &str) -> Result<u64, String> {
+    let v = value.trim();
+    if let Some(suffix) = v.chars().last().filter(|c| "kKmMgGtT".contains(*c)) {
+        let number = &v[..v.len() - 1];
+        let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if digits(int) && digits(frac) {
+            let decimal = match suffix {
+                'k' => Some(1e3),
+                'm' => Some(1e6),
+                'g' => Some(1e9),
+                't' => Some(1e12),
+                _ => None,
+            };
+            if let Some(mult) = decimal {
+                let n: f64 = number
+                    .parse()
+                    .map_err(|_| format!("invalid number '{v}'"))?;
+                return Ok((n * mult) as u64);
+            }
+            let shift = match suffix {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                _ => 40,
+            };
+            let n: u64 = number.parse().map_err(|_| {
+                format!(
+                    "Decimals are not allowed with binary suffixes like {suffix}. Did you mean to \
+                     use {number}{} instead?",
+                    suffix.to_ascii_lowercase()
+                )
+            })?;
+            return n
+                .checked_mul(1 << shift)
+                .ok_or_else(|| format!("'{v}' is too large"));
+        }
+    }
+    v.parse::<u64>()
+        .map_err(|_| format!("invalid literal for int() with base 10: '{v}'"))
+}
+
+fn positive_human_int(value: &str) -> Result<u64, String> {
+    match human_readable_int(value)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// `--max-model-len`: a token count in [`human_readable_int`] form, or `auto` / `-1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxModelLen {
+    /// `auto` or `-1`: vLLM fits the context to memory; the fake uses its default (32768).
+    Auto,
+    Tokens(u32),
+}
+
+impl std::fmt::Display for MaxModelLen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxModelLen::Auto => f.write_str("auto"),
+            MaxModelLen::Tokens(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Parses `--max-model-len` as vLLM's `human_readable_int_or_auto` does.
+pub fn parse_max_model_len(value: &str) -> Result<MaxModelLen, String> {
+    let v = value.trim();
+    if v == "-1" || v.eq_ignore_ascii_case("auto") {
+        return Ok(MaxModelLen::Auto);
+    }
+    let n = positive_human_int(v)?;
+    u32::try_from(n)
+        .map(MaxModelLen::Tokens)
+        .map_err(|_| format!("{n} tokens is too large"))
+}
+
+fn gpu_memory_utilization(value: &str) -> Result<f64, String> {
+    let f: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("could not convert string to float: '{value}'"))?;
+    if f > 0.0 && f <= 1.0 {
+        Ok(f)
+    } else {
+        Err(format!("must be greater than 0 and at most 1, got {value}"))
+    }
+}
+
+fn non_negative_float(value: &str) -> Result<f64, String> {
+    let f: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("could not convert string to float: '{value}'"))?;
+    if f >= 0.0 {
+        Ok(f)
+    } else {
+        Err(format!("must be at least 0, got {value}"))
+    }
+}
+
+fn json_object(value: &str) -> Result<String, String> {
+    match serde_json::from_str::<Value>(value) {
+        Ok(Value::Object(_)) => Ok(value.to_string()),
+        Ok(_) => Err("must be a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
+    }
+}
+
+/// `--flag` / `--no-flag` pairs (vLLM's `argparse.BooleanOptionalAction`): `Some(true)`,
+/// `Some(false)` or not given.
+fn tristate(yes: bool, no: bool) -> Option<bool> {
+    match (yes, no) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+/// The `vllm serve` command line as `spark-fake vllm` accepts it: vLLM's own flags (those
+/// Spark Control and spark-vllm-docker use), validated as vLLM does where that is simple, plus
+/// the fake's test controls. Anything else is an error (clap's, exit code 2), as with vLLM's
+/// parser. `--host` and `--port` are `spark-fake`'s global flags. See the module documentation.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Model path or HF id (as in `vllm serve MODEL`); also `--model`.
+    #[arg(value_name = "MODEL")]
+    pub model_pos: Option<String>,
+    /// Model path or HF id, reported as `root` in /v1/models.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Served model name(s); repeatable, and several may follow one flag.
+    #[arg(long = "served-model-name", num_args = 1..)]
+    pub served_model_name: Vec<String>,
+    /// Context length reported and enforced: N, 32k (32000), 32K (32768), or auto / -1 (32768).
+    #[arg(long, value_parser = parse_max_model_len, allow_negative_numbers = true)]
+    pub max_model_len: Option<MaxModelLen>,
+    /// Require `Authorization: Bearer KEY` on /v1/*.
+    #[arg(long)]
+    pub api_key: Option<String>,
+
+    /// Tensor parallel size (alias -tp).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tensor_parallel_size: u32,
+    /// Pipeline parallel size (alias -pp).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pipeline_parallel_size: u32,
+    /// Data parallel size (alias -dp).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub data_parallel_size: u32,
+    /// Ray or multiprocessing workers.
+    #[arg(long, value_parser = EXECUTOR_BACKENDS)]
+    pub distributed_executor_backend: Option<String>,
+    /// Number of nodes of a multi-node (non-Ray) deployment.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub nnodes: u32,
+    /// This node's rank, below --nnodes.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: u32,
+    /// Address of rank 0 (multi-node).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Port of rank 0's torch.distributed store (multi-node).
+    #[arg(long, default_value_t = 29_501)]
+    pub master_port: u16,
+    /// A worker of a multi-node deployment: no API server.
+    #[arg(long)]
+    pub headless: bool,
+    /// Expert parallelism for MoE layers.
+    #[arg(long, overrides_with = "no_enable_expert_parallel")]
+    pub enable_expert_parallel: bool,
+    #[arg(long, overrides_with = "enable_expert_parallel", hide = true)]
+    pub no_enable_expert_parallel: bool,
+    /// Fraction of GPU memory vLLM may use, in (0, 1] (default 0.9).
+    #[arg(long, default_value = "0.9", value_parser = gpu_memory_utilization)]
+    pub gpu_memory_utilization: f64,
+    /// Token budget of one scheduler step (human-readable integer).
+    #[arg(long, value_parser = positive_human_int)]
+    pub max_num_batched_tokens: Option<u64>,
+    /// Maximum concurrent sequences.
+    #[arg(long, value_parser = positive_human_int)]
+    pub max_num_seqs: Option<u64>,
+    /// Maximum concurrent partial prefills.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_num_partial_prefills: Option<u32>,
+    /// KV cache data type.
+    #[arg(long, default_value = "auto", value_parser = KV_CACHE_DTYPES)]
+    pub kv_cache_dtype: String,
+    /// KV cache block size.
+    #[arg(long, value_parser = BLOCK_SIZES)]
+    pub block_size: Option<String>,
+    /// CPU swap space per GPU, GiB.
+    #[arg(long, value_parser = non_negative_float)]
+    pub swap_space: Option<f64>,
+    /// Automatic prefix caching.
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    #[arg(long, overrides_with = "enable_prefix_caching", hide = true)]
+    pub no_enable_prefix_caching: bool,
+    /// Chunked prefill.
+    #[arg(long, overrides_with = "no_enable_chunked_prefill")]
+    pub enable_chunked_prefill: bool,
+    #[arg(long, overrides_with = "enable_chunked_prefill", hide = true)]
+    pub no_enable_chunked_prefill: bool,
+    /// Asynchronous scheduling.
+    #[arg(long, overrides_with = "no_async_scheduling")]
+    pub async_scheduling: bool,
+    #[arg(long, overrides_with = "async_scheduling", hide = true)]
+    pub no_async_scheduling: bool,
+    /// Eager mode (no CUDA graphs).
+    #[arg(long, overrides_with = "no_enforce_eager")]
+    pub enforce_eager: bool,
+    #[arg(long, overrides_with = "enforce_eager", hide = true)]
+    pub no_enforce_eager: bool,
+    /// Weight format / loader.
+    #[arg(long, default_value = "auto", value_parser = LOAD_FORMATS)]
+    pub load_format: String,
+    /// Trust the model repository's custom code.
+    #[arg(long, overrides_with = "no_trust_remote_code")]
+    pub trust_remote_code: bool,
+    #[arg(long, overrides_with = "trust_remote_code", hide = true)]
+    pub no_trust_remote_code: bool,
+    /// Weights and activations data type.
+    #[arg(long, default_value = "auto", value_parser = DTYPES)]
+    pub dtype: String,
+    /// Quantization method (not checked against vLLM's list, which changes per version).
+    #[arg(long, short = 'q')]
+    pub quantization: Option<String>,
+    /// Model revision.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Tokenizer path or HF id.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Weights download directory.
+    #[arg(long)]
+    pub download_dir: Option<String>,
+    /// Random seed.
+    #[arg(long)]
+    pub seed: Option<i64>,
+    /// Attention backend name.
+    #[arg(long)]
+    pub attention_backend: Option<String>,
+    /// MoE kernel backend name.
+    #[arg(long)]
+    pub moe_backend: Option<String>,
+    /// Speculative decoding configuration (JSON object).
+    #[arg(long, value_parser = json_object)]
+    pub speculative_config: Option<String>,
+    /// Compilation configuration (JSON object or level; not checked).
+    #[arg(long, short = 'O')]
+    pub compilation_config: Option<String>,
+    /// `auto` tool choice (needs --tool-call-parser).
+    #[arg(long, overrides_with = "no_enable_auto_tool_choice")]
+    pub enable_auto_tool_choice: bool,
+    #[arg(long, overrides_with = "enable_auto_tool_choice", hide = true)]
+    pub no_enable_auto_tool_choice: bool,
+    /// Tool call parser name.
+    #[arg(long)]
+    pub tool_call_parser: Option<String>,
+    /// Reasoning parser name.
+    #[arg(long)]
+    pub reasoning_parser: Option<String>,
+    /// Chat template (path or inline Jinja).
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// Per-prompt multi-modal limits (JSON object, e.g. {"image":2}).
+    #[arg(long, value_parser = json_object)]
+    pub limit_mm_per_prompt: Option<String>,
+    /// Multi-modal encoder tensor parallel mode.
+    #[arg(long, value_parser = ["weights", "data"])]
+    pub mm_encoder_tp_mode: Option<String>,
+    /// Task (deprecated in vLLM); embed / embedding / classify / score / reward serve a pooling
+    /// model (like --embedding).
+    #[arg(long, value_parser = TASKS)]
+    pub task: Option<String>,
+    /// Runner; `pooling` serves a pooling model (like --embedding).
+    #[arg(long, value_parser = RUNNERS)]
+    pub runner: Option<String>,
+    /// Conversion; embed / classify / reward serve a pooling model (like --embedding).
+    #[arg(long, value_parser = CONVERTS)]
+    pub convert: Option<String>,
+    /// Log every request (accepted, no effect).
+    #[arg(long, overrides_with = "no_enable_log_requests")]
+    pub enable_log_requests: bool,
+    #[arg(long, overrides_with = "enable_log_requests", hide = true)]
+    pub no_enable_log_requests: bool,
+    /// Deprecated in vLLM (accepted, no effect).
+    #[arg(long, hide = true)]
+    pub disable_log_requests: bool,
+
+    /// Only parse and validate the arguments: print `arguments ok` and exit 0.
+    #[arg(long, help_heading = "Test controls")]
+    pub check_args: bool,
+    /// Time before the port is bound ("loading").
+    #[arg(long, default_value_t = 0, help_heading = "Test controls")]
+    pub load_delay_ms: u64,
+    /// Loading fails after this long (CUDA out of memory on stderr, exit --exit-code); the port
+    /// is never bound.
+    #[arg(long, help_heading = "Test controls")]
+    pub exit_during_load_ms: Option<u64>,
+    /// Exit code of --exit-during-load-ms.
+    #[arg(long, default_value_t = 1, help_heading = "Test controls")]
+    pub exit_code: u8,
+    /// Delay before each generated token.
+    #[arg(long, default_value_t = 0, help_heading = "Test controls")]
+    pub token_delay_ms: u64,
+    /// The engine dies (health 503) this long after binding.
+    #[arg(long, help_heading = "Test controls")]
+    pub die_after_ms: Option<u64>,
+    /// The engine serves this many inference requests; the next one crashes it.
+    #[arg(long, help_heading = "Test controls")]
+    pub die_after_requests: Option<u64>,
+    /// Generations fail after this many tokens (mid-stream error).
+    #[arg(long, help_heading = "Test controls")]
+    pub fail_after_tokens: Option<u32>,
+    /// Serve a pooling model: /v1/embeddings and /rerank instead of generation.
+    #[arg(long, help_heading = "Test controls")]
+    pub embedding: bool,
+    /// Embedding dimension of a pooling model.
+    #[arg(long, default_value_t = 1024, help_heading = "Test controls")]
+    pub embedding_dim: usize,
+    /// Version reported by /version.
+    #[arg(long, default_value = "0.11.0", help_heading = "Test controls")]
+    pub vllm_version: String,
+}
+
+impl ServeArgs {
+    /// The model path or HF id (`--model` wins over the positional one).
+    pub fn model_name(&self) -> String {
+        self.model
+            .clone()
+            .or_else(|| self.model_pos.clone())
+            .unwrap_or_else(|| Config::default().model)
+    }
+
+    /// Whether the flags ask for a pooling model (`--embedding`, `--runner pooling`,
+    /// `--task embed|embedding|classify|score|reward`, `--convert embed|classify|reward`).
+    pub fn pooling(&self) -> bool {
+        self.embedding
+            || self.runner.as_deref() == Some("pooling")
+            || matches!(
+                self.task.as_deref(),
+                Some("embed" | "embedding" | "classify" | "score" | "reward")
+            )
+            || matches!(
+                self.convert.as_deref(),
+                Some("embed" | "classify" | "reward")
+            )
+    }
+
+    /// `--enable-prefix-caching` / `--no-enable-prefix-caching`, if given.
+    pub fn prefix_caching(&self) -> Option<bool> {
+        tristate(self.enable_prefix_caching, self.no_enable_prefix_caching)
+    }
+
+    /// The cross-checks vLLM makes after parsing, as far as the fake models them:
+    ///
+    /// * `--node-rank` < `--nnodes`, and with `--nnodes` > 1 the world size
+    ///   (tp x pp x dp) divisible by `--nnodes` (vLLM's `ParallelConfig`, same messages);
+    /// * `--headless` only for a multi-node worker: `--nnodes` > 1 and `--node-rank` >= 1
+    ///   (the fake's model; vLLM's data-parallel headless modes are not modelled);
+    /// * `--enable-auto-tool-choice` needs `--tool-call-parser` (vLLM's serve-args check).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_rank >= self.nnodes {
+            return Err(format!(
+                "node_rank={} must be less than nnodes={}.",
+                self.node_rank, self.nnodes
+            ));
+        }
+        let world = u64::from(self.tensor_parallel_size)
+            * u64::from(self.pipeline_parallel_size)
+            * u64::from(self.data_parallel_size);
+        if self.nnodes > 1 && world % u64::from(self.nnodes) != 0 {
+            return Err(format!(
+                "world_size={world} must be divisible by nnodes={}.",
+                self.nnodes
+            ));
+        }
+        if self.headless && self.nnodes < 2 {
+            return Err(
+                "--headless needs --nnodes > 1 (a worker of a multi-node deployment)".into(),
+            );
+        }
+        if self.headless && self.node_rank == 0 {
+            return Err("--headless needs --node-rank >= 1 (rank 0 serves the API)".into());
+        }
+        if self.enable_auto_tool_choice && self.tool_call_parser.is_none() {
+            return Err("--enable-auto-tool-choice requires --tool-call-parser".into());
+        }
+        Ok(())
+    }
+
+    /// One line with the engine settings, as logged at start.
+    pub fn summary(&self) -> String {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "None".into());
+        let opt_n = |v: Option<u64>| v.map_or_else(|| "None".into(), |n| n.to_string());
+        let bool_opt = |v: Option<bool>| v.map_or_else(|| "None".into(), |b| b.to_string());
+        format!(
+            "Engine config: model={}, served_model_name={:?}, max_model_len={}, dtype={}, \
+             quantization={}, load_format={}, kv_cache_dtype={}, gpu_memory_utilization={}, \
+             max_num_batched_tokens={}, max_num_seqs={}, enable_prefix_caching={}, \
+             enforce_eager={}, trust_remote_code={}, tensor_parallel_size={}, \
+             pipeline_parallel_size={}, data_parallel_size={}, distributed_executor_backend={}, \
+             enable_expert_parallel={}, tool_call_parser={}, reasoning_parser={}, runner={}",
+            self.model_name(),
+            self.served_model_name,
+            self.to_config().max_model_len,
+            self.dtype,
+            opt(&self.quantization),
+            self.load_format,
+            self.kv_cache_dtype,
+            self.gpu_memory_utilization,
+            opt_n(self.max_num_batched_tokens),
+            opt_n(self.max_num_seqs),
+            bool_opt(self.prefix_caching()),
+            tristate(self.enforce_eager, self.no_enforce_eager).unwrap_or(false),
+            tristate(self.trust_remote_code, self.no_trust_remote_code).unwrap_or(false),
+            self.tensor_parallel_size,
+            self.pipeline_parallel_size,
+            self.data_parallel_size,
+            opt(&self.distributed_executor_backend),
+            tristate(self.enable_expert_parallel, self.no_enable_expert_parallel).unwrap_or(false),
+            opt(&self.tool_call_parser),
+            opt(&self.reasoning_parser),
+            if self.pooling() {
+                "pooling"
+            } else {
+                "generate"
+            },
+        )
+    }
+
+    /// The server configuration. `load_delay` is `--load-delay-ms` (a caller that does the
+    /// loading phase itself sets it to zero).
+    pub fn to_config(&self) -> Config {
+        let defaults = Config::default();
+        Config {
+            model: self.model_name(),
+            served_model_names: self.served_model_name.clone(),
+            max_model_len: match self.max_model_len {
+                Some(MaxModelLen::Tokens(n)) => n,
+                _ => defaults.max_model_len,
+            },
+            load_delay: Duration::from_millis(self.load_delay_ms),
+            token_delay: Duration::from_millis(self.token_delay_ms),
+            die_after: self.die_after_ms.map(Duration::from_millis),
+            die_after_requests: self.die_after_requests,
+            fail_after_tokens: self.fail_after_tokens,
+            mode: if self.pooling() {
+                Mode::Embed
+            } else {
+                Mode::Generate
+            },
+            embedding_dim: self.embedding_dim,
+            api_key: self.api_key.clone(),
+            version: self.vllm_version.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_readable_ints_as_vllm_reads_them() {
+        assert_eq!(human_readable_int("32768"), Ok(32_768));
+        assert_eq!(human_readable_int("32k"), Ok(32_000));
+        assert_eq!(human_readable_int("32K"), Ok(32_768));
+        assert_eq!(human_readable_int("25.6k"), Ok(25_600));
+        assert_eq!(human_readable_int("1M"), Ok(1 << 20));
+        assert!(human_readable_int("1.5K").unwrap_err().contains("Decimals"));
+        assert!(human_readable_int("abc").is_err());
+        assert!(human_readable_int("k").is_err());
+        assert_eq!(parse_max_model_len("auto"), Ok(MaxModelLen::Auto));
+        assert_eq!(parse_max_model_len("-1"), Ok(MaxModelLen::Auto));
+        assert_eq!(
+            parse_max_model_len("128K"),
+            Ok(MaxModelLen::Tokens(131_072))
+        );
+        assert!(parse_max_model_len("0").is_err());
+        assert!(parse_max_model_len("8T").is_err());
+    }
+
+    #[test]
+    fn normalizes_like_flexible_argument_parser() {
+        let args = [
+            "MODEL",
+            "-tp",
+            "2",
+            "-pp=1",
+            "--max_model_len=8k",
+            "--served_model_name",
+            "my_model",
+            "-q",
+            "fp8",
+            "--",
+            "--x_y",
+        ];
+        let out: Vec<String> = normalize_serve_args(args.iter().map(Into::into))
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "MODEL",
+                "--tensor-parallel-size",
+                "2",
+                "--pipeline-parallel-size=1",
+                "--max-model-len=8k",
+                "--served-model-name",
+                "my_model",
+                "-q",
+                "fp8",
+                "--",
+                "--x_y",
+            ]
+        );
+    }
 }
