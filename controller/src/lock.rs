@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -106,30 +106,17 @@ impl Locked {
 }
 
 impl From<Locked> for ApiError {
-    /// `ApiError` carries no extra fields, so this form has the holder and expiry in the
-    /// message only.
     fn from(l: Locked) -> Self {
         ApiError::new(StatusCode::LOCKED, "locked", l.message())
+            .with_field("holder", l.holder.clone())
+            .with_field("expires_at", rfc3339(l.expires_at))
+            .with_retry_after(seconds_left(l.expires_at, now_ms()).max(1) as u64)
     }
 }
 
 impl IntoResponse for Locked {
     fn into_response(self) -> Response {
-        let retry = seconds_left(self.expires_at, now_ms()).max(1);
-        let mut resp = (
-            StatusCode::LOCKED,
-            Json(json!({"error": {
-                "code": "locked",
-                "message": self.message(),
-                "holder": self.holder,
-                "expires_at": rfc3339(self.expires_at),
-            }})),
-        )
-            .into_response();
-        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        resp
+        ApiError::from(self).into_response()
     }
 }
 

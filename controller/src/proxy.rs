@@ -177,8 +177,10 @@ async fn forward(
                         e.message
                     ),
                 );
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+                let secs = e.retry_after.unwrap_or(30).to_string();
+                if let Ok(v) = HeaderValue::from_str(&secs) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
                 return resp;
             }
             Err(e) => {

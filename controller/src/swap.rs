@@ -1636,15 +1636,6 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/status", get(status))
 }
 
-/// The lock token from the header or the body.
-fn lock_token(headers: &HeaderMap, body: Option<String>) -> Option<String> {
-    headers
-        .get("x-spark-lock-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(body)
-}
-
 async fn swap(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
@@ -1656,7 +1647,10 @@ async fn swap(
             "body must be {\"key\": \"<recipe key>\"}; GET /api/models lists the keys".into(),
         ));
     }
-    body.lock_token = lock_token(&headers, body.lock_token.take());
+    // The header wins over the body.
+    if let Some(t) = crate::lock::token_from_headers(&headers) {
+        body.lock_token = Some(t.to_string());
+    }
     let job = app.swaps.request(body, actor.0, false).await?;
     Ok((StatusCode::ACCEPTED, Json(job.record().view())))
 }

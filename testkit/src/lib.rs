@@ -3,6 +3,7 @@
 //! are `spark_agent::enroll::join` + `spark_agent::link::run`, TLS is real.
 
 pub mod docker;
+pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use spark_testkit::webhook::{Receiver, assert_signed};
 use spark_testkit::{DockerBox, TestController, init, plant_hf_model, read_sse, wait_until};
 
 const LLAMA_CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"hidden_size":256,"max_position_embeddings":4096,"torch_dtype":"bfloat16"}"#;
@@ -169,6 +170,17 @@ async fn solo_swap_a_to_b_then_a_failing_load_then_the_lock() {
     )
     .await;
 
+    // A webhook receiver that fails its first answer (the delivery is retried).
+    let receiver = Receiver::start(&[500]).await;
+    let secret = "swap-hook-secret-0123456789";
+    let resp = ctl
+        .admin(Method::POST, "/api/webhooks")
+        .json(&json!({"url": receiver.url("/hook"), "secret": secret}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
     // The menu shows both as ready to run from disk on spark-1.
     let (_, menu) = ctl.get_json("/api/models").await;
     let a = menu["models"]
@@ -320,6 +332,57 @@ async fn solo_swap_a_to_b_then_a_failing_load_then_the_lock() {
     assert!(
         left.is_empty(),
         "containers left after a failed swap: {left:?}"
+    );
+
+    // The webhooks: swap_complete for A and B, swap_failed for C with its log tail, each
+    // signed; the first attempt got a 500 and the same delivery came again, byte for byte.
+    let got = wait_until(
+        Duration::from_secs(20),
+        "the webhook deliveries",
+        || async {
+            let got = receiver.got();
+            let distinct = |event: &str| {
+                let mut ids: Vec<String> = got
+                    .iter()
+                    .map(|r| r.json())
+                    .filter(|j| j["event"] == event)
+                    .map(|j| j["delivery_id"].as_str().unwrap().to_string())
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                ids.len()
+            };
+            (distinct("swap_failed") == 1 && distinct("swap_complete") == 2).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(
+        got[0].header("x-spark-delivery"),
+        got[1].header("x-spark-delivery")
+    );
+    assert_eq!(got[0].body, got[1].body);
+    for r in &got {
+        assert_signed(r, secret);
+    }
+    let failed = got
+        .iter()
+        .map(|r| r.json())
+        .find(|j| j["event"] == "swap_failed")
+        .unwrap();
+    assert_eq!(failed["data"]["job_id"], id.as_str());
+    assert_eq!(failed["data"]["model"], "model-c");
+    assert!(
+        failed["data"]["log_tail"]
+            .to_string()
+            .contains("CUDA out of memory"),
+        "{failed}"
+    );
+    assert!(
+        got.iter()
+            .map(|r| r.json())
+            .any(|j| j["event"] == "swap_complete"
+                && j["data"]["model"] == "model-b"
+                && j["data"]["status"] == "ready")
     );
 
     // The lock: a swap without the token gets 423 naming the holder; with it, it proceeds.
