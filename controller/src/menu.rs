@@ -21,7 +21,7 @@ use spark_common::ops::{Op, OpOutput};
 
 use crate::api::{Actor, ApiError, JsonBody};
 use crate::catalog::{self, Source};
-use crate::preflight::{self, NodeFacts, ROLE_LLM, ROLE_LLM_WORKER};
+use crate::preflight::{self, NodeFacts, ROLE_LLM};
 use crate::recipes::{self, Knobs, Recipe};
 use crate::{App, boxes};
 
@@ -70,21 +70,14 @@ fn loaded(app: &App) -> HashMap<String, Vec<Value>> {
         .into_iter()
         .map(|n| (n.id, n.name))
         .collect();
-    for (node_id, live) in app.registry.all() {
-        let Some(list) = &live.containers else {
-            continue;
-        };
-        for c in &list.containers {
-            if c.managed && matches!(c.role.as_deref(), Some(ROLE_LLM | ROLE_LLM_WORKER)) {
-                let key = c.recipe.clone().unwrap_or_default();
-                out.entry(key).or_default().push(json!({
-                    "node": names.get(&node_id).cloned().unwrap_or(node_id.clone()),
-                    "container": c.name,
-                    "state": c.state,
-                    "ready": if c.role.as_deref() == Some(ROLE_LLM) { app.swaps.ready(&c.name) } else { None },
-                }));
-            }
-        }
+    for c in crate::swap::model_containers(app) {
+        let key = c.info.recipe.clone().unwrap_or_default();
+        out.entry(key).or_default().push(json!({
+            "node": names.get(&c.node_id).cloned().unwrap_or(c.node_id.clone()),
+            "container": c.info.name,
+            "state": c.info.state,
+            "ready": if c.info.role.as_deref() == Some(ROLE_LLM) { app.swaps.ready(&c.info.name) } else { None },
+        }));
     }
     out
 }

@@ -918,16 +918,7 @@ async fn argument_check(app: &App, recipe: &Recipe, knobs: &Knobs, plan: &Plan) 
             .collect::<Vec<_>>(),
         _ => Vec::new(),
     };
-    let _ = boxes::call(
-        app,
-        node_id,
-        Op::RemoveContainer {
-            name: name.clone(),
-            force: true,
-        },
-        OP_LIMIT,
-    )
-    .await;
+    crate::swap::remove(app, node_id, &name).await;
     let tail = logs
         .iter()
         .rev()

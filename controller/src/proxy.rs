@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::preflight::{self, ROLE_LLM};
 use crate::recipes::{self, Recipe};
 use crate::swap::Demand;
 use crate::{App, catalog};
@@ -66,30 +65,20 @@ struct Target {
 /// absent.
 fn loaded(app: &App, model: Option<&str>) -> Option<Target> {
     let mut found = Vec::new();
-    for (_, live) in app.registry.all() {
-        let Some(list) = &live.containers else {
+    for c in crate::swap::model_containers(app)
+        .into_iter()
+        .filter(crate::swap::ModelContainer::serving)
+    {
+        let Some(entry) = c.info.recipe.as_deref().and_then(|k| catalog::get(app, k)) else {
             continue;
         };
-        for c in &list.containers {
-            if !c.managed || c.role.as_deref() != Some(ROLE_LLM) || c.state != "running" {
-                continue;
-            }
-            let Some(entry) = c.recipe.as_deref().and_then(|k| catalog::get(app, k)) else {
-                continue;
-            };
-            let r = entry.recipe;
-            let wanted = model.is_none_or(|m| m == recipes::served_name(&r) || m == r.key);
-            if wanted {
-                found.push(Target {
-                    key: r.key.clone(),
-                    base: format!(
-                        "http://{}:{}",
-                        preflight::node_address(live.remote_ip),
-                        recipes::port(&r)
-                    ),
-                    recipe: r,
-                });
-            }
+        let r = entry.recipe;
+        if model.is_none_or(|m| m == recipes::served_name(&r) || m == r.key) {
+            found.push(Target {
+                key: r.key.clone(),
+                base: format!("http://{}:{}", c.address, recipes::port(&r)),
+                recipe: r,
+            });
         }
     }
     if model.is_none() && found.len() > 1 {

@@ -713,27 +713,53 @@ fn start_queued(app: &Arc<App>) {
     }
 }
 
-/// Every second: unload on-demand models idle past their recipe's `idle_unload_seconds`.
+/// A model server container (role llm or llm-worker) as its node last reported it.
+pub struct ModelContainer {
+    pub node_id: String,
+    /// The node's address (where its model servers are reached).
+    pub address: String,
+    pub info: ContainerInfo,
+}
+
+impl ModelContainer {
+    /// A running solo or head server (it serves the API).
+    pub fn serving(&self) -> bool {
+        self.info.role.as_deref() == Some(ROLE_LLM) && self.info.state == "running"
+    }
+}
+
+/// Every model server container on every connected node.
+pub fn model_containers(app: &App) -> Vec<ModelContainer> {
+    let mut out = Vec::new();
+    for (node_id, live) in app.registry.all() {
+        let Some(list) = &live.containers else {
+            continue;
+        };
+        for c in &list.containers {
+            if c.managed && matches!(c.role.as_deref(), Some(ROLE_LLM | ROLE_LLM_WORKER)) {
+                out.push(ModelContainer {
+                    node_id: node_id.clone(),
+                    address: preflight::node_address(live.remote_ip),
+                    info: c.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every 1 s: unload on-demand models idle past their recipe's `idle_unload_seconds`.
 async fn idle_unloader(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let mut keys: Vec<String> = Vec::new();
-        for (_, live) in app.registry.all() {
-            let Some(list) = &live.containers else {
-                continue;
-            };
-            for c in &list.containers {
-                if c.managed
-                    && c.role.as_deref() == Some(ROLE_LLM)
-                    && c.state == "running"
-                    && let Some(k) = &c.recipe
-                    && !keys.contains(k)
-                {
-                    keys.push(k.clone());
-                }
-            }
-        }
+        let mut keys: Vec<String> = model_containers(&app)
+            .into_iter()
+            .filter(ModelContainer::serving)
+            .filter_map(|c| c.info.recipe)
+            .collect();
+        keys.sort();
+        keys.dedup();
         for key in keys {
             let Some(entry) = catalog::get(&app, &key) else {
                 continue;
@@ -761,28 +787,21 @@ async fn idle_unloader(app: Arc<App>) {
 
 /// Stop and remove an idle model's containers.
 async fn unload(app: &App, key: &str) {
-    for (node_id, live) in app.registry.all() {
-        let Some(list) = &live.containers else {
-            continue;
-        };
-        for c in &list.containers {
-            if c.managed
-                && matches!(c.role.as_deref(), Some(ROLE_LLM | ROLE_LLM_WORKER))
-                && c.recipe.as_deref() == Some(key)
-            {
-                let _ = boxes::call(
-                    app,
-                    &node_id,
-                    Op::StopContainer {
-                        name: c.name.clone(),
-                        timeout_secs: STOP_TIMEOUT_SECS,
-                    },
-                    Duration::from_secs(u64::from(STOP_TIMEOUT_SECS) + 15),
-                )
-                .await;
-                remove(app, &node_id, &c.name).await;
-            }
-        }
+    for c in model_containers(app)
+        .into_iter()
+        .filter(|c| c.info.recipe.as_deref() == Some(key))
+    {
+        let _ = boxes::call(
+            app,
+            &c.node_id,
+            Op::StopContainer {
+                name: c.info.name.clone(),
+                timeout_secs: STOP_TIMEOUT_SECS,
+            },
+            Duration::from_secs(u64::from(STOP_TIMEOUT_SECS) + 15),
+        )
+        .await;
+        remove(app, &c.node_id, &c.info.name).await;
     }
     let _ = app.db.add_event(
         "model_unloaded",
@@ -1059,7 +1078,8 @@ fn labelled(c: &ContainerInfo, job_id: &str) -> bool {
     c.managed && c.labels.iter().any(|(k, v)| k == LABEL_JOB && v == job_id)
 }
 
-async fn remove(app: &App, node_id: &str, name: &str) {
+/// Remove a container (forced); a container already gone is fine.
+pub(crate) async fn remove(app: &App, node_id: &str, name: &str) {
     if let Err(e) = boxes::call(
         app,
         node_id,
@@ -1130,16 +1150,10 @@ async fn prepare(
 
 /// Phase stopping: stop and remove every model container on every node.
 async fn stop_current(app: &App, job: &Arc<Job>) -> Result<(), Failure> {
-    let mut found = Vec::new();
-    for (node_id, live) in app.registry.all() {
-        if let Some(list) = &live.containers {
-            for c in &list.containers {
-                if c.managed && matches!(c.role.as_deref(), Some(ROLE_LLM | ROLE_LLM_WORKER)) {
-                    found.push((node_id.clone(), c.name.clone(), c.state.clone()));
-                }
-            }
-        }
-    }
+    let found: Vec<(String, String, String)> = model_containers(app)
+        .into_iter()
+        .map(|c| (c.node_id, c.info.name, c.info.state))
+        .collect();
     if found.is_empty() {
         job.phase(app, Phase::Stopping, "no model is running");
         return Ok(());
@@ -1563,25 +1577,18 @@ impl Probe {
 /// Once agents are back after a start: remove model containers left by failed jobs.
 async fn janitor(app: Arc<App>) {
     wait_for_nodes(&app, None, Instant::now() + RECONNECT_GRACE).await;
-    for (node_id, live) in app.registry.all() {
-        let Some(list) = &live.containers else {
-            continue;
-        };
-        for c in &list.containers {
-            if !c.managed || !matches!(c.role.as_deref(), Some(ROLE_LLM | ROLE_LLM_WORKER)) {
-                continue;
-            }
-            let job = c
-                .labels
-                .iter()
-                .find(|(k, _)| k == LABEL_JOB)
-                .map(|(_, v)| v.clone());
-            if let Some(job) = job
-                && job_phase_failed(&app, &job)
-            {
-                tracing::info!(container = %c.name, %job, "removing a container left by a failed swap");
-                remove(&app, &node_id, &c.name).await;
-            }
+    for c in model_containers(&app) {
+        let job = c
+            .info
+            .labels
+            .iter()
+            .find(|(k, _)| k == LABEL_JOB)
+            .map(|(_, v)| v.clone());
+        if let Some(job) = job
+            && job_phase_failed(&app, &job)
+        {
+            tracing::info!(container = %c.info.name, %job, "removing a container left by a failed swap");
+            remove(&app, &c.node_id, &c.info.name).await;
         }
     }
 }
@@ -1592,33 +1599,28 @@ async fn monitor(app: Arc<App>) {
     loop {
         tick.tick().await;
         let mut seen = Vec::new();
-        for (_, live) in app.registry.all() {
-            let Some(list) = &live.containers else {
+        for c in model_containers(&app)
+            .into_iter()
+            .filter(ModelContainer::serving)
+        {
+            let Some(entry) = c.info.recipe.as_deref().and_then(|k| catalog::get(&app, k)) else {
                 continue;
             };
-            for c in &list.containers {
-                if !c.managed || c.role.as_deref() != Some(ROLE_LLM) || c.state != "running" {
-                    continue;
-                }
-                let Some(entry) = c.recipe.as_deref().and_then(|k| catalog::get(&app, k)) else {
-                    continue;
-                };
-                let url = format!(
-                    "http://{}:{}/health",
-                    preflight::node_address(live.remote_ip),
-                    recipes::port(&entry.recipe)
-                );
-                let ok = app
-                    .swaps
-                    .http()
-                    .get(url)
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                lock(&app.swaps.readiness).insert(c.name.clone(), (ok, crate::now_ms()));
-                seen.push(c.name.clone());
-            }
+            let url = format!(
+                "http://{}:{}/health",
+                c.address,
+                recipes::port(&entry.recipe)
+            );
+            let ok = app
+                .swaps
+                .http()
+                .get(url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            lock(&app.swaps.readiness).insert(c.info.name.clone(), (ok, crate::now_ms()));
+            seen.push(c.info.name);
         }
         lock(&app.swaps.readiness).retain(|k, _| seen.contains(k));
     }
