@@ -24,6 +24,9 @@ use crate::recipes::{self, ClusterPlan, Knobs, Mode, Recipe, Role};
 pub const ROLE_LLM: &str = "llm";
 /// Role label of a cluster worker container.
 pub const ROLE_LLM_WORKER: &str = "llm-worker";
+/// Where a model server container finds the node's Hugging Face home (the path vLLM images and
+/// spark-vllm-docker use inside the container, not a path of any machine).
+pub const CONTAINER_HF_HOME: &str = "/root/.cache/huggingface";
 /// Label carrying the swap job that created a container (not under the reserved prefix).
 pub const LABEL_JOB: &str = "spark-control.swap-job";
 
@@ -341,12 +344,12 @@ fn spec_for(
             .unwrap_or_else(|| cache.to_string());
         mounts.push(Mount {
             source: home,
-            target: "/root/.cache/huggingface".into(),
+            target: CONTAINER_HF_HOME.into(),
             read_only: false,
         });
         env.push(EnvVar {
             name: "HF_HOME".into(),
-            value: Secret(String::from("/root/.cache/huggingface")),
+            value: Secret(CONTAINER_HF_HOME.into()),
         });
         env.push(EnvVar {
             name: "HF_HUB_OFFLINE".into(),

@@ -1097,20 +1097,16 @@ pub(crate) async fn remove(app: &App, node_id: &str, name: &str) {
 }
 
 async fn execute(app: &Arc<App>, job: &Arc<Job>, run: Run) -> Result<(), Failure> {
-    let (recipe, knobs, plan) = match run {
+    let (recipe, plan) = match run {
         Run::Fresh { recipe, nodes } => {
             let knobs = catalog::knobs(app, &recipe.key);
             let plan = prepare(app, job, &recipe, &knobs, nodes.as_deref()).await?;
             stop_current(app, job).await?;
             start(app, job, &recipe, &knobs, &plan).await?;
-            (*recipe, knobs, plan)
+            (*recipe, plan)
         }
-        Run::Resume => {
-            let (recipe, plan) = reattach(app, job).await?;
-            (recipe, catalog::knobs(app, &job.record().key), plan)
-        }
+        Run::Resume => reattach(app, job).await?,
     };
-    let _ = knobs;
     wait_ready(app, job, &recipe, &plan).await
 }
 
