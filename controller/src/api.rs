@@ -151,13 +151,21 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::swap::routes())
         .merge(crate::webhooks::routes())
         .merge(crate::schedules::routes())
+        .merge(crate::settings::routes())
+        .merge(crate::services::routes())
+        .merge(crate::keys::routes())
         .fallback(api_not_found)
         .layer(middleware::from_fn_with_state(app.clone(), control_guard));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .nest("/api", api)
         .merge(crate::proxy::routes())
+        .merge(crate::embed::routes())
+        .merge(crate::search::routes())
+        .merge(crate::endpoints::routes())
+        .route("/metrics", get(crate::metrics::handler))
         .merge(crate::web::router())
+        .layer(middleware::from_fn_with_state(app.clone(), crate::keys::guard))
         .with_state(app)
 }
 
@@ -178,6 +186,7 @@ async fn control_guard(
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(next.run(req).await);
     }
+
     let actor = authorize_control(&app.admin_token, req.headers())?;
     req.extensions_mut().insert(Actor(actor));
     Ok(next.run(req).await)

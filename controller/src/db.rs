@@ -127,6 +127,24 @@ CREATE TABLE schedules (
     updated_at INTEGER NOT NULL
 );
 "#,
+    // 4: services (kind, node/port or URL, container, health path) and API keys (hashes only).
+    r#"
+CREATE TABLE services (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    endpoints TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at INTEGER
+);
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -16,15 +16,22 @@ pub mod ca;
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod embed;
+pub mod endpoints;
 pub mod gateway;
+pub mod keys;
 pub mod lock;
 pub mod menu;
+pub mod metrics;
 pub mod nodes;
 pub mod preflight;
 pub mod proxy;
 pub mod recipes;
 pub mod registry;
 pub mod schedules;
+pub mod search;
+pub mod services;
+pub mod settings;
 pub mod swap;
 pub mod up;
 pub mod wake;
@@ -62,6 +69,20 @@ pub struct App {
     pub nics_seen: std::sync::Mutex<std::collections::HashMap<String, Vec<wake::KnownNic>>>,
     /// The swap arbiter's handle and its jobs.
     pub swaps: swap::Swaps,
+    /// Run-time settings (applied live).
+    pub settings: settings::Live,
+    /// What each configured service last said of itself.
+    pub services: services::Cache,
+    /// API keys for the application endpoints.
+    pub keys: keys::Keys,
+    /// Where each model is served (the gateway's routing table).
+    pub routes: proxy::Routes,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// When this controller started (unix ms).
+    pub started_at: i64,
+    /// `host:port` of the HTTP listener, for URLs when a request carries no `Host`.
+    pub http_addr_hint: String,
 }
 
 /// The two listening sockets, bound by the caller.
@@ -182,7 +203,17 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
         downloads: Default::default(),
         nics_seen: Default::default(),
         swaps: Default::default(),
+        settings: Default::default(),
+        services: Default::default(),
+        keys: Default::default(),
+        routes: Default::default(),
+        metrics: metrics::Metrics::new(),
+        started_at: now_ms(),
+        http_addr_hint: http_addr.to_string(),
     });
+    settings::load(&app);
+    keys::reload(&app)?;
+    services::refresh_all(&app).await;
     let _ = app.db.add_event(
         "controller_started",
         None,
@@ -234,12 +265,20 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
 
     let webhook_worker = webhooks::spawn_worker(app.clone());
     let arbiter = swap::spawn(app.clone());
+    let discovery = services::spawn_discovery(app.clone());
 
     Ok(Running {
         app,
         http_addr,
         gateway_addr,
-        tasks: vec![gw_task, http_task, flusher, webhook_worker, arbiter],
+        tasks: vec![
+            gw_task,
+            http_task,
+            flusher,
+            webhook_worker,
+            arbiter,
+            discovery,
+        ],
     })
 }
 

@@ -954,6 +954,8 @@ fn spawn_runner(app: Arc<App>, job: Arc<Job>, run: Run) {
                     Some(&r.actor),
                     &format!("'{}' ready after {elapsed:.1} s (job {})", r.key, r.id),
                 );
+                app.metrics.swap(&r.key, "ready", elapsed);
+                app.routes.invalidate();
                 crate::webhooks::notify(&app, "swap_complete", webhook_payload(&job.record()));
             }
             Some(Err(f)) => fail(&app, &job, f).await,
@@ -1040,6 +1042,11 @@ async fn fail(app: &Arc<App>, job: &Arc<Job>, f: Failure) {
         None,
         Some(&r.actor),
         &format!("swap to '{}' failed (job {}): {}", r.key, r.id, f.message),
+    );
+    app.metrics.swap(
+        &r.key,
+        "failed",
+        (crate::now_ms() - r.created_at).max(0) as f64 / 1000.0,
     );
     crate::webhooks::notify(app, "swap_failed", webhook_payload(&r));
 }

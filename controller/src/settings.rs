@@ -1,0 +1,328 @@
+//! Settings the operator changes at run time: stored as one JSON document in the database,
+//! validated as a whole, applied live (readers take the current `Arc<Settings>` per request).
+//!
+//! `GET /api/settings` shows every value; `PUT /api/settings` takes a partial document (only the
+//! fields given change) and answers 400 naming the field when a value is wrong; nothing is
+//! stored then.
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::App;
+use crate::api::{Actor, ApiError};
+
+const META_KEY: &str = "settings";
+
+/// Everything adjustable without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Application endpoints (`/v1/*`, `/api/search`, …) require an API key. Off on a fresh
+    /// install, so the first application works without setup.
+    pub api_keys_required: bool,
+    /// Request body limits of the application endpoints.
+    pub limits: Limits,
+    /// Hybrid search over the vector store.
+    pub search: SearchSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// JSON bodies of the LLM routes (vision requests carry images inline).
+    pub llm_json_bytes: u64,
+    /// JSON bodies of the other application routes (embeddings, rerank, search).
+    pub json_bytes: u64,
+    /// Audio uploads.
+    pub audio_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// The service (kind `embeddings`) that makes the dense query vector.
+    pub embeddings_service: String,
+    /// The service (kind `vector_store`, Qdrant) searched.
+    pub vector_store_service: String,
+    /// Where sparse query vectors come from.
+    pub sparse: SparseProvider,
+    /// Named vectors of the collections.
+    pub dense_vector: String,
+    pub sparse_vector: String,
+    /// Candidates each prefetch contributes to the fusion.
+    pub prefetch_limit: u32,
+}
+
+/// The sparse encoder for hybrid search (pluggable: TEI serves bge-m3 dense only, so sparse
+/// vectors often come from another server with TEI's `/embed_sparse` shape).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SparseProvider {
+    /// Dense only (requests may still pass their own `sparse` vector).
+    None,
+    /// `POST <base>/embed_sparse {"inputs": [text]}` -> `[[{"index", "value"}]]`, at a configured
+    /// service (by name) or a URL of such a server.
+    Tei {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            api_keys_required: false,
+            limits: Limits::default(),
+            search: SearchSettings::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            llm_json_bytes: 32 << 20,
+            json_bytes: 4 << 20,
+            audio_bytes: 200 << 20,
+        }
+    }
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        SearchSettings {
+            embeddings_service: "embeddings".into(),
+            vector_store_service: "qdrant".into(),
+            sparse: SparseProvider::Tei {
+                service: Some("embeddings".into()),
+                url: None,
+            },
+            dense_vector: "dense".into(),
+            sparse_vector: "sparse".into(),
+            prefetch_limit: 20,
+        }
+    }
+}
+
+impl Settings {
+    /// Values serde cannot check: ranges and names. The error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        for (field, v, min) in [
+            ("limits.llm_json_bytes", l.llm_json_bytes, 1024),
+            ("limits.json_bytes", l.json_bytes, 1024),
+            ("limits.audio_bytes", l.audio_bytes, 1024),
+        ] {
+            if v < min || v > (4 << 30) {
+                return Err(format!(
+                    "{field}: {v} is out of range ({min} bytes to 4 GiB)"
+                ));
+            }
+        }
+        let s = &self.search;
+        for (field, v) in [
+            ("search.embeddings_service", &s.embeddings_service),
+            ("search.vector_store_service", &s.vector_store_service),
+        ] {
+            crate::services::validate_name(v).map_err(|e| format!("{field}: {e}"))?;
+        }
+        for (field, v) in [
+            ("search.dense_vector", &s.dense_vector),
+            ("search.sparse_vector", &s.sparse_vector),
+        ] {
+            crate::search::validate_identifier(v).map_err(|e| format!("{field}: {e}"))?;
+        }
+        if !(1..=1000).contains(&s.prefetch_limit) {
+            return Err(format!(
+                "search.prefetch_limit: {} is out of range (1 to 1000)",
+                s.prefetch_limit
+            ));
+        }
+        if let SparseProvider::Tei { service, url } = &s.sparse {
+            match (service, url) {
+                (Some(name), None) => crate::services::validate_name(name)
+                    .map_err(|e| format!("search.sparse.service: {e}"))?,
+                (None, Some(u)) => crate::services::validate_url(u)
+                    .map_err(|e| format!("search.sparse.url: {e}"))?,
+                _ => {
+                    return Err(
+                        "search.sparse: give exactly one of \"service\" (a service name) or \"url\""
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse a whole document; the error names the field that is wrong.
+    pub fn from_value(v: Value) -> Result<Settings, String> {
+        let s: Settings = serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// The live settings.
+#[derive(Debug, Default)]
+pub struct Live(RwLock<Arc<Settings>>);
+
+impl Live {
+    pub fn get(&self) -> Arc<Settings> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, s: Settings) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+}
+
+/// Load the stored settings at start. A stored document that no longer parses (written by a
+/// newer build, or edited by hand) is reported and the defaults are used for it.
+pub fn load(app: &App) {
+    let stored = match app.db.meta(META_KEY) {
+        Ok(Some(text)) => text,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "settings could not be read; using defaults");
+            return;
+        }
+    };
+    match serde_json::from_str::<Value>(&stored)
+        .map_err(|e| e.to_string())
+        .and_then(Settings::from_value)
+    {
+        Ok(s) => app.settings.set(s),
+        Err(e) => tracing::warn!(error = %e, "stored settings are invalid; using defaults"),
+    }
+}
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new().route("/settings", get(show).put(update))
+}
+
+async fn show(State(app): State<Arc<App>>) -> Json<Settings> {
+    Json((*app.settings.get()).clone())
+}
+
+/// Merge `patch` into `base`: objects merge key by key, anything else replaces.
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    // A tagged enum (e.g. `search.sparse`) is replaced whole when its tag changes.
+                    Some(slot) if slot.is_object() && v.is_object() && same_tag(slot, &v) => {
+                        merge(slot, v)
+                    }
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+fn same_tag(a: &Value, b: &Value) -> bool {
+    match (a.get("kind"), b.get("kind")) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
+async fn update(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    body: axum::body::Bytes,
+) -> Result<Json<Settings>, ApiError> {
+    let patch: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body must be a JSON object of settings to change (GET /api/settings shows them all): {e}"
+        ))
+    })?;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "body must be a JSON object of settings to change, e.g. {\"api_keys_required\": true}"
+                .into(),
+        ));
+    }
+    let changed: Vec<String> = patch
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut doc = serde_json::to_value(&*app.settings.get())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    merge(&mut doc, patch);
+    let new = Settings::from_value(doc.clone()).map_err(ApiError::bad_request)?;
+    app.db.set_meta(META_KEY, &doc.to_string())?;
+    app.settings.set(new.clone());
+    let _ = app.db.add_event(
+        "settings_changed",
+        None,
+        Some(&actor.0),
+        &format!("settings changed: {}", changed.join(", ")),
+    );
+    Ok(Json(new))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn check_err(patch: Value, expected: &str) {
+        let mut doc = serde_json::to_value(Settings::default()).unwrap();
+        merge(&mut doc, patch);
+        let err = Settings::from_value(doc).unwrap_err();
+        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        check_err(json!({"api_keys_required": "yes"}), "api_keys_required");
+        check_err(json!({"limits": {"json_bytes": 3}}), "limits.json_bytes");
+        check_err(json!({"limits": {"audio_bytez": 3}}), "limits");
+        check_err(json!({"search": {"dense_vector": "a b"}}), "search.dense_vector");
+        check_err(
+            json!({"search": {"sparse": {"kind": "tei", "service": null}}}),
+            "search.sparse",
+        );
+        check_err(
+            json!({"search": {"sparse": {"kind": "tei", "service": null, "url": "ftp://x"}}}),
+            "search.sparse.url",
+        );
+        check_err(json!({"search": {"prefetch_limit": 0}}), "search.prefetch_limit");
+        check_err(json!({"nope": 1}), "nope");
+    }
+
+    #[test]
+    fn partial_documents_merge() {
+        let mut doc = serde_json::to_value(Settings::default()).unwrap();
+        merge(
+            &mut doc,
+            json!({"api_keys_required": true, "search": {"sparse": {"kind": "none"}}}),
+        );
+        let s = Settings::from_value(doc).unwrap();
+        assert!(s.api_keys_required);
+        assert_eq!(s.search.sparse, SparseProvider::None);
+        assert_eq!(s.search.dense_vector, "dense");
+        assert_eq!(s.limits, Limits::default());
+    }
+}
