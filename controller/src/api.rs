@@ -165,7 +165,10 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::endpoints::routes())
         .route("/metrics", get(crate::metrics::handler))
         .merge(crate::web::router())
-        .layer(middleware::from_fn_with_state(app.clone(), crate::keys::guard))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::keys::guard,
+        ))
         .with_state(app)
 }
 

@@ -26,6 +26,9 @@ pub struct ControllerConfig {
     /// before answering 503 + Retry-After.
     #[serde(with = "millis")]
     pub on_demand_wait: Duration,
+    /// How often every configured service is asked for its health and what it serves.
+    #[serde(with = "millis")]
+    pub discovery_interval: Duration,
 }
 
 mod millis {
@@ -46,6 +49,7 @@ impl ControllerConfig {
             wol_target: std::net::SocketAddr::from(([255, 255, 255, 255], 9)),
             default_runtime_image: "vllm-node".into(),
             on_demand_wait: Duration::from_secs(120),
+            discovery_interval: Duration::from_secs(5),
         }
     }
 }

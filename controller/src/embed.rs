@@ -6,6 +6,9 @@
 //! return_documents?}`; to TEI it is translated to `/rerank {query, texts}` and the answer back to
 //! `{"results": [{"index", "relevance_score", "document"?}]}`, sorted by score.
 
+// Helpers return a ready HTTP response as their error, as handlers do.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,7 +35,7 @@ pub fn routes() -> Router<Arc<App>> {
 /// Where an embeddings request for `model` goes.
 enum EmbedTarget {
     Llm(proxy::LlmTarget),
-    Service(ServiceConfig, Status, String),
+    Service(Box<(ServiceConfig, Status, String)>),
 }
 
 fn embed_target(app: &App, model: Option<&str>) -> Result<EmbedTarget, Response> {
@@ -43,7 +46,11 @@ fn embed_target(app: &App, model: Option<&str>) -> Result<EmbedTarget, Response>
     }
     let services = app.services.of_kind(Kind::Embeddings);
     let chosen = model
-        .and_then(|m| services.iter().find(|(_, st)| st.models.iter().any(|x| x == m)))
+        .and_then(|m| {
+            services
+                .iter()
+                .find(|(_, st)| st.models.iter().any(|x| x == m))
+        })
         .or_else(|| services.iter().find(|(_, st)| st.healthy))
         .or(services.first());
     let Some((cfg, st)) = chosen.cloned() else {
@@ -55,7 +62,7 @@ fn embed_target(app: &App, model: Option<&str>) -> Result<EmbedTarget, Response>
         ));
     };
     match st.base_url.clone() {
-        Some(base) => Ok(EmbedTarget::Service(cfg, st, base)),
+        Some(base) => Ok(EmbedTarget::Service(Box::new((cfg, st, base)))),
         None => Err(error(
             StatusCode::BAD_GATEWAY,
             "upstream_unreachable",
@@ -101,7 +108,8 @@ async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
             bearer: t.api_key,
             content_type: None,
         },
-        Ok(EmbedTarget::Service(cfg, st, base)) => {
+        Ok(EmbedTarget::Service(s)) => {
+            let (cfg, st, base) = *s;
             service_upstream(&cfg, &st, format!("{base}/v1/embeddings"))
         }
         Err(r) => return r,
@@ -175,13 +183,15 @@ async fn rerank(State(app): State<Arc<App>>, req: Request) -> Response {
             };
             up.send(&app, &headers, body, arrived).await
         }
-        EmbedTarget::Service(cfg, st, base) if cfg.api() == Api::Openai => {
-            service_upstream(&cfg, &st, format!("{base}/v1/rerank"))
-                .send(&app, &headers, body, arrived)
-                .await
-        }
-        EmbedTarget::Service(cfg, st, base) => {
-            tei_rerank(&cfg, &st, &base, parsed, arrived).await
+        EmbedTarget::Service(s) => {
+            let (cfg, st, base) = *s;
+            if cfg.api() == Api::Openai {
+                service_upstream(&cfg, &st, format!("{base}/v1/rerank"))
+                    .send(&app, &headers, body, arrived)
+                    .await
+            } else {
+                tei_rerank(&cfg, &st, &base, parsed, arrived).await
+            }
         }
     }
 }
@@ -196,7 +206,8 @@ async fn tei_rerank(
 ) -> Response {
     let up = service_upstream(cfg, st, format!("{base}/rerank"));
     let texts: Vec<&str> = req.documents.iter().map(Document::text).collect();
-    let tei_body = json!({"query": req.query, "texts": texts, "raw_scores": false, "return_text": false});
+    let tei_body =
+        json!({"query": req.query, "texts": texts, "raw_scores": false, "return_text": false});
     let dispatched = Instant::now();
     let result = proxy::client().post(&up.url).json(&tei_body).send().await;
     let head = dispatched.elapsed();
@@ -294,4 +305,3 @@ fn with(mut resp: Response, up: &Upstream) -> Response {
     });
     resp
 }
-

@@ -69,7 +69,13 @@ async fn models(State(app): State<Arc<App>>) -> Response {
             let node = node_of(&cfg, &st);
             for m in &st.models {
                 if seen.insert(m.clone()) {
-                    data.push(model_entry(m, created, label, &node, json!({"service": cfg.name})));
+                    data.push(model_entry(
+                        m,
+                        created,
+                        label,
+                        &node,
+                        json!({"service": cfg.name}),
+                    ));
                 }
             }
             for v in &st.voices {

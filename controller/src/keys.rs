@@ -8,6 +8,9 @@
 //!
 //! Never: a key in a log, event or API response after creation.
 
+// Helpers return a ready HTTP response as their error, as handlers do.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -146,7 +149,10 @@ fn authorize(app: &App, headers: &HeaderMap, endpoint: &str) -> Result<String, R
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     if !app.settings.get().api_keys_required {
         // Open: a key, if any, only names the caller.

@@ -125,27 +125,67 @@ impl Metrics {
         }
         let r = &registry;
         Metrics {
-            node_up: gauge(r, "spark_node_up", "1 when the node's agent is connected.", &["node"]),
-            cpu_usage: gauge(r, "spark_node_cpu_usage_percent", "Whole-machine CPU use.", &["node"]),
+            node_up: gauge(
+                r,
+                "spark_node_up",
+                "1 when the node's agent is connected.",
+                &["node"],
+            ),
+            cpu_usage: gauge(
+                r,
+                "spark_node_cpu_usage_percent",
+                "Whole-machine CPU use.",
+                &["node"],
+            ),
             load1: gauge(r, "spark_node_load1", "One-minute load average.", &["node"]),
-            mem_total: gauge(r, "spark_node_memory_total_bytes", "Physical memory.", &["node"]),
+            mem_total: gauge(
+                r,
+                "spark_node_memory_total_bytes",
+                "Physical memory.",
+                &["node"],
+            ),
             mem_available: gauge(
                 r,
                 "spark_node_memory_available_bytes",
                 "Memory available to new work.",
                 &["node"],
             ),
-            gpu_util: gauge(r, "spark_gpu_utilization_percent", "GPU utilization.", &["node", "gpu", "name"]),
-            gpu_temp: gauge(r, "spark_gpu_temperature_celsius", "GPU temperature.", &["node", "gpu"]),
-            gpu_power: gauge(r, "spark_gpu_power_watts", "GPU power draw.", &["node", "gpu"]),
+            gpu_util: gauge(
+                r,
+                "spark_gpu_utilization_percent",
+                "GPU utilization.",
+                &["node", "gpu", "name"],
+            ),
+            gpu_temp: gauge(
+                r,
+                "spark_gpu_temperature_celsius",
+                "GPU temperature.",
+                &["node", "gpu"],
+            ),
+            gpu_power: gauge(
+                r,
+                "spark_gpu_power_watts",
+                "GPU power draw.",
+                &["node", "gpu"],
+            ),
             gpu_mem_total: gauge(
                 r,
                 "spark_gpu_memory_total_bytes",
                 "GPU memory (on unified-memory boxes such as GB10, the shared system memory).",
                 &["node", "gpu", "unified"],
             ),
-            gpu_mem_used: gauge(r, "spark_gpu_memory_used_bytes", "GPU memory in use.", &["node", "gpu", "unified"]),
-            store_total: gauge(r, "spark_model_store_total_bytes", "Size of the disk holding a model store root.", &["node", "root"]),
+            gpu_mem_used: gauge(
+                r,
+                "spark_gpu_memory_used_bytes",
+                "GPU memory in use.",
+                &["node", "gpu", "unified"],
+            ),
+            store_total: gauge(
+                r,
+                "spark_model_store_total_bytes",
+                "Size of the disk holding a model store root.",
+                &["node", "root"],
+            ),
             store_available: gauge(
                 r,
                 "spark_model_store_available_bytes",
@@ -158,7 +198,12 @@ impl Metrics {
                 "1 for each model a server is serving, by node.",
                 &["model", "node"],
             ),
-            service_up: gauge(r, "spark_service_healthy", "1 when a service's health check passes.", &["service", "kind"]),
+            service_up: gauge(
+                r,
+                "spark_service_healthy",
+                "1 when a service's health check passes.",
+                &["service", "kind"],
+            ),
             registry,
             requests,
             latency,
@@ -298,7 +343,10 @@ pub async fn handler(State(app): State<Arc<App>>) -> Response {
     let body = app.metrics.render(&app);
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()

@@ -16,6 +16,9 @@
 //! dispatch to the upstream's response head; `ttfb`: dispatch to its first body byte) and a
 //! [`Routed`] extension the metrics layer reads.
 
+// Helpers return a ready HTTP response as their error, as handlers do.
+#![allow(clippy::result_large_err)]
+
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
@@ -149,7 +152,11 @@ impl RouteTable {
             None => {
                 let mut generative = self.targets.iter().filter(|t| !t.pooling);
                 let first = generative.next();
-                if generative.next().is_some() { None } else { first }
+                if generative.next().is_some() {
+                    None
+                } else {
+                    first
+                }
             }
         }
     }
@@ -631,7 +638,8 @@ impl Upstream {
             }
             Ok(Some(Err(e))) => {
                 // Nothing was relayed yet: the stream is only the error event.
-                let mut r = Relay::new(futures_util::stream::empty().boxed(), None, sse, &self.what);
+                let mut r =
+                    Relay::new(futures_util::stream::empty().boxed(), None, sse, &self.what);
                 r.fail(&e);
                 let mut resp = Response::new(Body::from_stream(r));
                 *resp.status_mut() = status;
@@ -645,8 +653,12 @@ impl Upstream {
             Err(_) => None,
         };
         if let Some(d) = ttfb {
-            app.metrics
-                .first_byte(route_label(&self.url), &self.model, &self.node, d.as_secs_f64());
+            app.metrics.first_byte(
+                route_label(&self.url),
+                &self.model,
+                &self.node,
+                d.as_secs_f64(),
+            );
         }
         let relay = Relay::new(stream, first, sse, &self.what);
         let mut resp = Response::new(Body::from_stream(relay));
@@ -689,7 +701,10 @@ pub fn server_timing(queue: Duration, head: Option<Duration>, ttfb: Option<Durat
         ));
     }
     if let Some(f) = ttfb {
-        parts.push(format!("ttfb;dur={:.3};desc=\"upstream first byte\"", ms(f)));
+        parts.push(format!(
+            "ttfb;dur={:.3};desc=\"upstream first byte\"",
+            ms(f)
+        ));
     }
     parts.join(", ")
 }
@@ -822,7 +837,10 @@ mod tests {
 
     #[test]
     fn route_labels_come_from_the_gateway_routes() {
-        assert_eq!(route_label("http://10.0.0.2:8000/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            route_label("http://10.0.0.2:8000/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
         assert_eq!(route_label("http://h/rerank"), "/v1/rerank");
         assert_eq!(route_label("http://h/weird"), "other");
     }

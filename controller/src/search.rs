@@ -9,6 +9,9 @@
 //! Collection and vector names are checked against a strict pattern before they go anywhere
 //! near a URL; the `filter` is passed to Qdrant as JSON, never spliced into text.
 
+// Helpers return a ready HTTP response as their error, as handlers do.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,7 +174,9 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     let mode = r.mode.as_deref().unwrap_or("hybrid");
     if !matches!(mode, "hybrid" | "dense" | "sparse") {
-        return bad(format!("mode: {mode:?} is not one of hybrid, dense, sparse"));
+        return bad(format!(
+            "mode: {mode:?} is not one of hybrid, dense, sparse"
+        ));
     }
     let text = r.query.as_deref().map(str::trim).filter(|q| !q.is_empty());
     if text.is_none() && r.dense.is_none() && r.sparse.is_none() {
@@ -185,12 +190,15 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
 
     // Query vectors, in parallel.
     let want_dense = mode != "sparse" && r.dense.is_none();
-    let want_sparse = mode != "dense" && r.sparse.is_none() && !matches!(s.sparse, SparseProvider::None);
+    let want_sparse =
+        mode != "dense" && r.sparse.is_none() && !matches!(s.sparse, SparseProvider::None);
     let embed_started = Instant::now();
     let dense_fut = async {
         match (want_dense, text) {
             (true, Some(t)) => dense_vector(&app, &s.embeddings_service, t).await.map(Some),
-            (true, None) => Err(bad("query: a dense search needs the text (or \"dense\")".into())),
+            (true, None) => Err(bad(
+                "query: a dense search needs the text (or \"dense\")".into()
+            )),
             _ => Ok(r.dense.clone()),
         }
     };
@@ -226,7 +234,9 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
             "using": s.sparse_vector,
         }),
         (None, None) => {
-            return bad(format!("mode {mode:?}: no query vector could be made for it"));
+            return bad(format!(
+                "mode {mode:?}: no query vector could be made for it"
+            ));
         }
     };
     let fused = dense.is_some() && sparse.is_some();
@@ -239,7 +249,10 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
         q["score_threshold"] = json!(t);
     }
     let url = format!("{qdrant}/collections/{}/points/query", r.collection);
-    let node = qst.node_name.clone().unwrap_or_else(|| s.vector_store_service.clone());
+    let node = qst
+        .node_name
+        .clone()
+        .unwrap_or_else(|| s.vector_store_service.clone());
     let routed = |mut resp: Response| {
         resp.extensions_mut().insert(Routed {
             model: String::new(),
@@ -349,7 +362,10 @@ async fn sparse_vector(
                 values: vec![],
             });
         }
-        SparseProvider::Tei { service: Some(name), .. } => {
+        SparseProvider::Tei {
+            service: Some(name),
+            ..
+        } => {
             let (_, _, base) = service(app, name, Kind::Embeddings)?;
             (format!("{base}/embed_sparse"), name.clone())
         }
@@ -363,7 +379,9 @@ async fn sparse_vector(
             (url, u.to_string())
         }
         SparseProvider::Tei { .. } => {
-            return Err(bad("search.sparse in /api/settings names no service or url".into()));
+            return Err(bad(
+                "search.sparse in /api/settings names no service or url".into(),
+            ));
         }
     };
     let v = call(&url, &json!({"inputs": [text]}), &what).await?;

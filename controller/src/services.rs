@@ -284,16 +284,18 @@ pub fn all(app: &App) -> Result<Vec<ServiceConfig>, crate::db::DbError> {
     })?;
     Ok(rows
         .into_iter()
-        .filter_map(|(name, body)| match serde_json::from_str::<ServiceConfig>(&body) {
-            Ok(mut s) => {
-                s.name = name;
-                Some(s)
-            }
-            Err(e) => {
-                tracing::warn!(%name, error = %e, "stored service no longer parses; ignored");
-                None
-            }
-        })
+        .filter_map(
+            |(name, body)| match serde_json::from_str::<ServiceConfig>(&body) {
+                Ok(mut s) => {
+                    s.name = name;
+                    Some(s)
+                }
+                Err(e) => {
+                    tracing::warn!(%name, error = %e, "stored service no longer parses; ignored");
+                    None
+                }
+            },
+        )
         .collect())
 }
 
@@ -370,8 +372,6 @@ impl Cache {
     }
 }
 
-/// How often every service is asked.
-pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn client() -> &'static reqwest::Client {
@@ -448,7 +448,11 @@ async fn probe(s: &ServiceConfig, loc: Locate) -> Status {
         return st;
     };
     let t = Instant::now();
-    match client().get(format!("{base}{}", s.health_path())).send().await {
+    match client()
+        .get(format!("{base}{}", s.health_path()))
+        .send()
+        .await
+    {
         Ok(r) => {
             st.reachable = true;
             st.healthy = r.status().is_success();
@@ -529,11 +533,7 @@ async fn discover(s: &ServiceConfig, base: &str, st: &mut Status) {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|x| {
-                        x.as_str()
-                            .or_else(|| x["id"].as_str())
-                            .map(str::to_string)
-                    })
+                    .filter_map(|x| x.as_str().or_else(|| x["id"].as_str()).map(str::to_string))
                     .collect();
             }
             if st.models.is_empty() {
@@ -587,10 +587,10 @@ pub async fn refresh_one(app: &App, s: ServiceConfig) -> Status {
     st
 }
 
-/// The discovery loop: every [`DISCOVERY_INTERVAL`] until shutdown.
+/// The discovery loop: every `discovery_interval` until shutdown.
 pub fn spawn_discovery(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
+        let mut tick = tokio::time::interval(app.config.discovery_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -604,12 +604,10 @@ pub fn spawn_discovery(app: Arc<App>) -> tokio::task::JoinHandle<()> {
 // ---------- API ----------
 
 pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/services", get(list))
-        .route(
-            "/services/{name}",
-            get(show).put(put_service).delete(delete_service),
-        )
+    Router::new().route("/services", get(list)).route(
+        "/services/{name}",
+        get(show).put(put_service).delete(delete_service),
+    )
 }
 
 fn view(cfg: &ServiceConfig, st: Option<&Status>) -> Value {
@@ -734,7 +732,10 @@ mod tests {
             (json!({"kind": "asr", "node": "#0", "port": 1}), "node"),
             (json!({"kind": "asr", "url": "file:///etc"}), "url"),
             (json!({"kind": "asr", "url": "http://u:p@h"}), "credentials"),
-            (json!({"kind": "tts", "api": "qdrant", "url": "http://h"}), "api"),
+            (
+                json!({"kind": "tts", "api": "qdrant", "url": "http://h"}),
+                "api",
+            ),
             (
                 json!({"kind": "tts", "url": "http://h", "container": "a b"}),
                 "container",
@@ -743,7 +744,10 @@ mod tests {
                 json!({"kind": "tts", "url": "http://h", "health_path": "health"}),
                 "health_path",
             ),
-            (json!({"name": "Bad Name", "kind": "tts", "url": "http://h"}), "name"),
+            (
+                json!({"name": "Bad Name", "kind": "tts", "url": "http://h"}),
+                "name",
+            ),
         ];
         for (v, want) in bad {
             let err = cfg(v.clone()).unwrap_err();

@@ -19,7 +19,7 @@ use crate::api::{Actor, ApiError};
 const META_KEY: &str = "settings";
 
 /// Everything adjustable without a restart.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Application endpoints (`/v1/*`, `/api/search`, …) require an API key. Off on a fresh
@@ -73,16 +73,6 @@ pub enum SparseProvider {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         url: Option<String>,
     },
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            api_keys_required: false,
-            limits: Limits::default(),
-            search: SearchSettings::default(),
-        }
-    }
 }
 
 impl Default for Limits {
@@ -291,7 +281,10 @@ mod tests {
         let mut doc = serde_json::to_value(Settings::default()).unwrap();
         merge(&mut doc, patch);
         let err = Settings::from_value(doc).unwrap_err();
-        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        assert!(
+            err.contains(expected),
+            "{err:?} should contain {expected:?}"
+        );
     }
 
     #[test]
@@ -299,7 +292,10 @@ mod tests {
         check_err(json!({"api_keys_required": "yes"}), "api_keys_required");
         check_err(json!({"limits": {"json_bytes": 3}}), "limits.json_bytes");
         check_err(json!({"limits": {"audio_bytez": 3}}), "limits");
-        check_err(json!({"search": {"dense_vector": "a b"}}), "search.dense_vector");
+        check_err(
+            json!({"search": {"dense_vector": "a b"}}),
+            "search.dense_vector",
+        );
         check_err(
             json!({"search": {"sparse": {"kind": "tei", "service": null}}}),
             "search.sparse",
@@ -308,7 +304,10 @@ mod tests {
             json!({"search": {"sparse": {"kind": "tei", "service": null, "url": "ftp://x"}}}),
             "search.sparse.url",
         );
-        check_err(json!({"search": {"prefetch_limit": 0}}), "search.prefetch_limit");
+        check_err(
+            json!({"search": {"prefetch_limit": 0}}),
+            "search.prefetch_limit",
+        );
         check_err(json!({"nope": 1}), "nope");
     }
 
