@@ -1154,5 +1154,101 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
             "bad sample line {line:?}"
         );
     }
+    // GPU gauges from a GB10-like box (unified memory), sent over a raw agent link.
+    let identity = ctl.enroll(&dir.path().join("gb10"), "gb10-box").await;
+    let mut ws = ctl.raw_link(&identity).await.unwrap();
+    let hello = spark_common::proto::Hello {
+        proto_major: spark_common::proto::PROTO_MAJOR,
+        proto_minor: spark_common::proto::PROTO_MINOR,
+        software_version: "test".into(),
+        features: vec!["telemetry".into()],
+    };
+    spark_testkit::raw_handshake(&mut ws, &hello).await;
+    let telemetry = spark_common::telemetry::Telemetry {
+        host: spark_agent::host::HostSampler::new().sample(),
+        gpu: spark_common::telemetry::GpuReport {
+            unavailable: None,
+            driver_version: Some("580.95".into()),
+            cuda_version: Some("13.0".into()),
+            devices: vec![spark_common::telemetry::GpuDevice {
+                index: 0,
+                name: "NVIDIA GB10".into(),
+                uuid: "GPU-0".into(),
+                utilization_pct: Some(87),
+                temperature_c: Some(64),
+                power_watts: Some(41.5),
+                power_limit_watts: None,
+                memory: spark_common::telemetry::GpuMemory {
+                    total_bytes: 128 << 30,
+                    used_bytes: 100 << 30,
+                    unified: true,
+                    gpu_attributed_bytes: 90 << 30,
+                },
+                processes: vec![],
+            }],
+        },
+        nics: vec![],
+        store: vec![],
+        docker: spark_common::telemetry::DockerStatus {
+            available: false,
+            version: None,
+            message: Some("no docker".into()),
+        },
+    };
+    {
+        use futures_util::SinkExt;
+        let msg = spark_common::proto::AgentMsg::Telemetry(Box::new(telemetry));
+        ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+            spark_common::proto::encode(&msg).into(),
+        ))
+        .await
+        .unwrap();
+    }
+    let text = wait_until(Duration::from_secs(5), "GPU gauges", || async {
+        let text = ctl
+            .client
+            .get(ctl.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("spark_gpu_utilization_percent{")
+            .then_some(text)
+    })
+    .await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let gauge = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| s.value.clone())
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    let gpu = [("node", "gb10-box"), ("gpu", "0")];
+    assert_eq!(
+        gauge(
+            "spark_gpu_utilization_percent",
+            &[("node", "gb10-box"), ("name", "NVIDIA GB10")]
+        ),
+        prometheus_parse::Value::Gauge(87.0)
+    );
+    assert_eq!(
+        gauge("spark_gpu_temperature_celsius", &gpu),
+        prometheus_parse::Value::Gauge(64.0)
+    );
+    assert_eq!(
+        gauge("spark_gpu_power_watts", &gpu),
+        prometheus_parse::Value::Gauge(41.5)
+    );
+    assert_eq!(
+        gauge(
+            "spark_gpu_memory_total_bytes",
+            &[("node", "gb10-box"), ("unified", "true")]
+        ),
+        prometheus_parse::Value::Gauge((128u64 << 30) as f64)
+    );
     agent.stop().await;
 }

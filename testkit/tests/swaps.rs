@@ -334,6 +334,28 @@ async fn solo_swap_a_to_b_then_a_failing_load_then_the_lock() {
         "containers left after a failed swap: {left:?}"
     );
 
+    // Swap counts and durations in /metrics: A and B ready, C failed.
+    let metrics = ctl
+        .client
+        .get(ctl.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "spark_swaps_total{model=\"model-a\",outcome=\"ready\"} 1",
+        "spark_swaps_total{model=\"model-b\",outcome=\"ready\"} 1",
+        "spark_swaps_total{model=\"model-c\",outcome=\"failed\"} 1",
+        "spark_swap_duration_seconds_count{model=\"model-c\",outcome=\"failed\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in\n{metrics}"
+        );
+    }
+
     // The webhooks: swap_complete for A and B, swap_failed for C with its log tail, each
     // signed; the first attempt got a 500 and the same delivery came again, byte for byte.
     let got = wait_until(
