@@ -154,6 +154,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::settings::routes())
         .merge(crate::services::routes())
         .merge(crate::keys::routes())
+        .merge(crate::audit::routes())
+        .merge(crate::health::routes())
         .fallback(api_not_found)
         .layer(middleware::from_fn_with_state(app.clone(), control_guard));
     Router::new()
@@ -163,6 +165,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::embed::routes())
         .merge(crate::search::routes())
         .merge(crate::endpoints::routes())
+        .merge(crate::health::app_routes())
+        .merge(crate::audio::routes())
         .route("/metrics", get(crate::metrics::handler))
         .merge(crate::web::router())
         .layer(middleware::from_fn_with_state(
@@ -189,10 +193,43 @@ async fn control_guard(
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(next.run(req).await);
     }
-
-    let actor = authorize_control(&app.admin_token, req.headers())?;
-    req.extensions_mut().insert(Actor(actor));
-    Ok(next.run(req).await)
+    // Every control request is audited: who, what, the result. Never its body.
+    let action = req.method().to_string();
+    let target = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|| format!("/api{}", req.uri().path()));
+    let actor = match authorize_control(&app.admin_token, req.headers()) {
+        Ok(a) => a,
+        Err(e) => {
+            crate::audit::record(
+                &app,
+                "unauthenticated",
+                &action,
+                &target,
+                e.status.as_u16(),
+                &format!("refused: {}", e.code),
+            );
+            return Err(e);
+        }
+    };
+    req.extensions_mut().insert(Actor(actor.clone()));
+    let resp = next.run(req).await;
+    let status = resp.status();
+    crate::audit::record(
+        &app,
+        &actor,
+        &action,
+        &target,
+        status.as_u16(),
+        if status.is_success() {
+            "ok"
+        } else {
+            status.canonical_reason().unwrap_or("failed")
+        },
+    );
+    Ok(resp)
 }
 
 /// Decide whether a control request may proceed; returns who made it.
@@ -415,6 +452,9 @@ async fn revoke_node(
 struct EventsQuery {
     limit: Option<u32>,
     node: Option<String>,
+    subject: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
 }
 
 async fn list_events(
@@ -422,7 +462,18 @@ async fn list_events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(200).clamp(1, 5000);
-    let rows = app.db.events(limit, q.node.as_deref())?;
+    let since = q
+        .since
+        .as_deref()
+        .map(crate::audit::parse_since)
+        .transpose()?;
+    let rows = app.db.query_events(&crate::db::EventQuery {
+        limit,
+        node_id: q.node.as_deref(),
+        subject: q.subject.as_deref(),
+        kind: q.kind.as_deref(),
+        since,
+    })?;
     let out: Vec<_> = rows
         .into_iter()
         .map(|e| {
@@ -430,6 +481,7 @@ async fn list_events(
                 "id": e.id,
                 "at": crate::rfc3339(e.at),
                 "kind": e.kind,
+                "subject": e.subject,
                 "node_id": e.node_id,
                 "actor": e.actor,
                 "message": e.message,

@@ -145,6 +145,22 @@ CREATE TABLE api_keys (
     revoked_at INTEGER
 );
 "#,
+    // 5: the event log grows a subject ("node:<id>", "service:<name>", "swap:<key>") for
+    // grouping and querying; the audit log of control actions.
+    r#"
+ALTER TABLE events ADD COLUMN subject TEXT;
+CREATE INDEX events_subject ON events(subject, at);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit(at);
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +204,20 @@ pub struct EventRow {
     pub node_id: Option<String>,
     pub actor: Option<String>,
     pub message: String,
+    pub subject: Option<String>,
+}
+
+/// How many events the log keeps.
+pub const EVENTS_KEPT: i64 = 100_000;
+
+/// A filter over the event log.
+#[derive(Debug, Default)]
+pub struct EventQuery<'a> {
+    pub limit: u32,
+    pub node_id: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub since: Option<i64>,
 }
 
 /// Why a join token was not accepted.
@@ -487,6 +517,7 @@ impl Db {
 
     // ---- events ----
 
+    /// Record an event; one about a node has the subject `node:<id>`.
     pub fn add_event(
         &self,
         kind: &str,
@@ -494,32 +525,64 @@ impl Db {
         actor: Option<&str>,
         message: &str,
     ) -> Result<(), DbError> {
+        let subject = node_id.map(|n| format!("node:{n}"));
+        self.add_subject_event(kind, subject.as_deref(), node_id, actor, message)
+    }
+
+    /// Record an event about a subject (`service:<name>`, `swap:<key>`, …). The log is
+    /// bounded: past [`EVENTS_KEPT`] rows the oldest go.
+    pub fn add_subject_event(
+        &self,
+        kind: &str,
+        subject: Option<&str>,
+        node_id: Option<&str>,
+        actor: Option<&str>,
+        message: &str,
+    ) -> Result<(), DbError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO events(at, kind, node_id, actor, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![now_ms(), kind, node_id, actor, message],
-            )
-            .map(|_| ())
+                "INSERT INTO events(at, kind, node_id, actor, message, subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![now_ms(), kind, node_id, actor, message, subject],
+            )?;
+            let id = c.last_insert_rowid();
+            if id % 256 == 0 {
+                c.execute("DELETE FROM events WHERE id <= ?1", [id - EVENTS_KEPT])?;
+            }
+            Ok(())
         })
     }
 
-    /// Newest first.
+    /// Newest first, filtered by node, subject, kind and time (unix ms, inclusive).
     pub fn events(&self, limit: u32, node_id: Option<&str>) -> Result<Vec<EventRow>, DbError> {
+        self.query_events(&EventQuery {
+            limit,
+            node_id,
+            ..Default::default()
+        })
+    }
+
+    pub fn query_events(&self, q: &EventQuery<'_>) -> Result<Vec<EventRow>, DbError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, at, kind, node_id, actor, message FROM events
-                 WHERE (?2 IS NULL OR node_id = ?2) ORDER BY id DESC LIMIT ?1",
+                "SELECT id, at, kind, node_id, actor, message, subject FROM events
+                 WHERE (?2 IS NULL OR node_id = ?2) AND (?3 IS NULL OR subject = ?3)
+                   AND (?4 IS NULL OR at >= ?4) AND (?5 IS NULL OR kind = ?5)
+                 ORDER BY id DESC LIMIT ?1",
             )?;
-            stmt.query_map(params![limit, node_id], |r| {
-                Ok(EventRow {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    kind: r.get(2)?,
-                    node_id: r.get(3)?,
-                    actor: r.get(4)?,
-                    message: r.get(5)?,
-                })
-            })?
+            stmt.query_map(
+                params![q.limit, q.node_id, q.subject, q.since, q.kind],
+                |r| {
+                    Ok(EventRow {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        kind: r.get(2)?,
+                        node_id: r.get(3)?,
+                        actor: r.get(4)?,
+                        message: r.get(5)?,
+                        subject: r.get(6)?,
+                    })
+                },
+            )?
             .collect()
         })
     }

@@ -161,7 +161,7 @@ async fn endpoints(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
             .services
             .get(&settings.search.embeddings_service)
             .is_some_and(|(_, s)| s.healthy);
-    let mut out = json!({
+    let out = json!({
         "base_url": base,
         "openai_base_url": format!("{base}/v1"),
         "api_key_required": settings.api_keys_required,
@@ -174,6 +174,8 @@ async fn endpoints(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
             "loading": active.as_ref().map(|r| json!({"model": r.served_model_name, "phase": r.phase})),
         },
         "stt": service_view(&base, "/v1", &app.services.of_kind(Kind::Asr)),
+        "transcriptions": format!("{base}/v1/audio/transcriptions"),
+        "speech": format!("{base}/v1/audio/speech"),
         "tts": service_view(&base, "/v1", &app.services.of_kind(Kind::Tts)),
         "embeddings": service_view(&base, "/v1", &embeddings),
         "rerank": service_view(&base, "/v1", &embeddings),
@@ -186,12 +188,6 @@ async fn endpoints(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
         },
         "metrics": format!("{base}/metrics"),
     });
-    // Upstream-only services (speech routes are direct until the gateway relays them).
-    for key in ["stt", "tts"] {
-        if let Some(up) = out[key]["upstream"].as_str().map(str::to_string) {
-            out[key]["base_url"] = json!(format!("{up}/v1"));
-        }
-    }
     let mut resp = Json(out).into_response();
     resp.extensions_mut().insert(Routed::default());
     resp

@@ -36,8 +36,11 @@ pub const APP_ENDPOINTS: &[&str] = &[
     "/v1/models",
     "/v1/embeddings",
     "/v1/rerank",
+    "/v1/audio/transcriptions",
+    "/v1/audio/speech",
     "/api/search",
     "/api/endpoints",
+    "/api/health-event",
 ];
 
 /// The application endpoint a request path belongs to (aliases map to their endpoint).

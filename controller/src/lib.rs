@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audio;
+pub mod audit;
 pub mod boxes;
 pub mod ca;
 pub mod catalog;
@@ -19,11 +21,13 @@ pub mod db;
 pub mod embed;
 pub mod endpoints;
 pub mod gateway;
+pub mod health;
 pub mod keys;
 pub mod lock;
 pub mod menu;
 pub mod metrics;
 pub mod nodes;
+pub mod policy;
 pub mod preflight;
 pub mod proxy;
 pub mod recipes;
@@ -79,6 +83,8 @@ pub struct App {
     pub routes: proxy::Routes,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
+    /// Deep health: last probes, restarts.
+    pub health: health::Health,
     /// When this controller started (unix ms).
     pub started_at: i64,
     /// `host:port` of the HTTP listener, for URLs when a request carries no `Host`.
@@ -208,6 +214,7 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
         keys: Default::default(),
         routes: Default::default(),
         metrics: metrics::Metrics::new(),
+        health: Default::default(),
         started_at: now_ms(),
         http_addr_hint: http_addr.to_string(),
     });
@@ -266,6 +273,7 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
     let webhook_worker = webhooks::spawn_worker(app.clone());
     let arbiter = swap::spawn(app.clone());
     let discovery = services::spawn_discovery(app.clone());
+    let prober = health::spawn(app.clone());
 
     Ok(Running {
         app,
@@ -278,6 +286,7 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
             webhook_worker,
             arbiter,
             discovery,
+            prober,
         ],
     })
 }

@@ -333,6 +333,11 @@ pub struct Status {
     pub voices: Vec<String>,
     pub latency_ms: Option<u64>,
     pub checked_at: Option<String>,
+    /// Since when `healthy` has had its current value (unix ms).
+    #[serde(skip)]
+    pub since: i64,
+    /// The same, as text.
+    pub healthy_since: Option<String>,
 }
 
 /// The discovery cache: service name -> (config, status).
@@ -572,9 +577,13 @@ pub async fn refresh_all(app: &App) {
         }
     });
     let results = futures_util::future::join_all(probes).await;
+    let before = app.services.snapshot();
     let map: HashMap<_, _> = results
         .into_iter()
-        .map(|(s, st)| (s.name.clone(), (s, st)))
+        .map(|(s, mut st)| {
+            transition(app, &s, before.get(&s.name).map(|e| &e.1), &mut st);
+            (s.name.clone(), (s, st))
+        })
         .collect();
     *app.services.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
 }
@@ -582,9 +591,44 @@ pub async fn refresh_all(app: &App) {
 /// Probe one service now and update its cache entry.
 pub async fn refresh_one(app: &App, s: ServiceConfig) -> Status {
     let nodes = app.db.nodes(false).unwrap_or_default();
-    let st = probe(&s, locate(app, &s, &nodes)).await;
+    let mut st = probe(&s, locate(app, &s, &nodes)).await;
+    let before = app.services.get(&s.name);
+    transition(app, &s, before.as_ref().map(|e| &e.1), &mut st);
     app.services.replace(&s.name.clone(), Some((s, st.clone())));
     st
+}
+
+/// Carry `since` over, or log the service going up or down with how long it was the other way.
+fn transition(app: &App, s: &ServiceConfig, before: Option<&Status>, st: &mut Status) {
+    let now = crate::now_ms();
+    match before {
+        Some(b) if b.healthy == st.healthy => st.since = b.since,
+        Some(b) if s.enabled => {
+            st.since = now;
+            let (kind, words) = if st.healthy {
+                ("service_up", "up".to_string())
+            } else {
+                (
+                    "service_down",
+                    format!("down ({})", st.error.as_deref().unwrap_or("unhealthy")),
+                )
+            };
+            let _ = app.db.add_subject_event(
+                kind,
+                Some(&format!("service:{}", s.name)),
+                st.node_id.as_deref(),
+                None,
+                &format!(
+                    "{} is {words} after {} {}",
+                    s.name,
+                    crate::human_duration(now - b.since),
+                    if b.healthy { "up" } else { "down" }
+                ),
+            );
+        }
+        _ => st.since = now,
+    }
+    st.healthy_since = Some(crate::rfc3339(st.since));
 }
 
 /// The discovery loop: every `discovery_interval` until shutdown.
@@ -610,12 +654,29 @@ pub fn routes() -> Router<Arc<App>> {
     )
 }
 
-fn view(cfg: &ServiceConfig, st: Option<&Status>) -> Value {
+fn view(app: &App, cfg: &ServiceConfig, st: Option<&Status>) -> Value {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    let container = st
+        .and_then(|s| s.node_id.as_deref())
+        .zip(cfg.container.as_deref())
+        .and_then(|(node, name)| crate::health::container_info(app, node, name));
     if let Value::Object(o) = &mut v {
         o.insert("api".into(), json!(cfg.api()));
         o.insert("health_path".into(), json!(cfg.health_path()));
         o.insert("status".into(), json!(st));
+        o.insert(
+            "container_state".into(),
+            json!(container.map(|c| json!({
+                "state": c.state, "status": c.status, "health": c.health,
+                "started_at": c.started_at, "exit_code": c.exit_code, "oom_killed": c.oom_killed,
+                "docker_restart_count": c.restart_count,
+            }))),
+        );
+        o.insert(
+            "restart_count".into(),
+            json!(app.health.restart_count(&cfg.name)),
+        );
+        o.insert("last_probe".into(), json!(app.health.last(&cfg.name)));
     }
     v
 }
@@ -626,7 +687,7 @@ async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(Value::Array(
         configs
             .iter()
-            .map(|c| view(c, snap.get(&c.name).map(|e| &e.1)))
+            .map(|c| view(&app, c, snap.get(&c.name).map(|e| &e.1)))
             .collect(),
     )))
 }
@@ -648,7 +709,7 @@ async fn show(
         .find(|s| s.name == name)
         .ok_or_else(|| not_found(&name))?;
     let st = refresh_one(&app, cfg.clone()).await;
-    Ok(Json(view(&cfg, Some(&st))))
+    Ok(Json(view(&app, &cfg, Some(&st))))
 }
 
 async fn put_service(
@@ -684,7 +745,7 @@ async fn put_service(
     );
     let st = refresh_one(&app, cfg.clone()).await;
     app.routes.invalidate();
-    Ok(Json(view(&cfg, Some(&st))))
+    Ok(Json(view(&app, &cfg, Some(&st))))
 }
 
 async fn delete_service(

@@ -29,6 +29,52 @@ pub struct Settings {
     pub limits: Limits,
     /// Hybrid search over the vector store.
     pub search: SearchSettings,
+    /// Deep health probes and the auto-restart policy.
+    pub health: HealthSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Seconds between deep probe rounds.
+    pub probe_interval_seconds: u64,
+    /// A probe that takes longer fails (as a timeout).
+    pub probe_timeout_seconds: u64,
+    /// Restart wedged services (else only report).
+    pub auto_restart: bool,
+    /// At most this many restarts per service within `window_seconds`.
+    pub max_restarts: u32,
+    pub window_seconds: u64,
+    /// At least this long between two restarts of a service.
+    pub cooldown_seconds: u64,
+    /// No restart this soon after the controller or the service started.
+    pub grace_seconds: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            probe_interval_seconds: 300,
+            probe_timeout_seconds: 30,
+            auto_restart: true,
+            max_restarts: 3,
+            window_seconds: 1800,
+            cooldown_seconds: 120,
+            grace_seconds: 60,
+        }
+    }
+}
+
+impl HealthSettings {
+    pub fn limits(&self) -> crate::policy::Limits {
+        let ms = |s: u64| (s as i64).saturating_mul(1000);
+        crate::policy::Limits {
+            max_restarts: self.max_restarts,
+            window_ms: ms(self.window_seconds),
+            cooldown_ms: ms(self.cooldown_seconds),
+            grace_ms: ms(self.grace_seconds),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -116,6 +162,29 @@ impl Settings {
                 ));
             }
         }
+        let h = &self.health;
+        for (field, v, lo, hi) in [
+            (
+                "health.probe_interval_seconds",
+                h.probe_interval_seconds,
+                5,
+                86_400,
+            ),
+            (
+                "health.probe_timeout_seconds",
+                h.probe_timeout_seconds,
+                1,
+                600,
+            ),
+            ("health.max_restarts", u64::from(h.max_restarts), 0, 100),
+            ("health.window_seconds", h.window_seconds, 60, 604_800),
+            ("health.cooldown_seconds", h.cooldown_seconds, 0, 86_400),
+            ("health.grace_seconds", h.grace_seconds, 0, 3_600),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("{field}: {v} is out of range ({lo} to {hi})"));
+            }
+        }
         let s = &self.search;
         for (field, v) in [
             ("search.embeddings_service", &s.embeddings_service),
@@ -169,7 +238,7 @@ impl Settings {
 
 /// The live settings.
 #[derive(Debug, Default)]
-pub struct Live(RwLock<Arc<Settings>>);
+pub struct Live(RwLock<Arc<Settings>>, tokio::sync::Notify);
 
 impl Live {
     pub fn get(&self) -> Arc<Settings> {
@@ -178,6 +247,12 @@ impl Live {
 
     fn set(&self, s: Settings) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+        self.1.notify_waiters();
+    }
+
+    /// Resolves at the next change of the settings.
+    pub async fn changed(&self) {
+        self.1.notified().await
     }
 }
 

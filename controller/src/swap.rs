@@ -948,8 +948,9 @@ fn spawn_runner(app: Arc<App>, job: Arc<Job>, run: Run) {
                     }
                 }
                 app.swaps.used(&r.key);
-                let _ = app.db.add_event(
+                let _ = app.db.add_subject_event(
                     "swap_complete",
+                    Some(&format!("swap:{}", r.key)),
                     None,
                     Some(&r.actor),
                     &format!("'{}' ready after {elapsed:.1} s (job {})", r.key, r.id),
@@ -1037,8 +1038,9 @@ async fn fail(app: &Arc<App>, job: &Arc<Job>, f: Failure) {
             elapsed_seconds: (crate::now_ms() - r.created_at).max(0) as f64 / 1000.0,
         },
     );
-    let _ = app.db.add_event(
+    let _ = app.db.add_subject_event(
         "swap_failed",
+        Some(&format!("swap:{}", r.key)),
         None,
         Some(&r.actor),
         &format!("swap to '{}' failed (job {}): {}", r.key, r.id, f.message),

@@ -241,6 +241,17 @@ pub struct DockerBox {
 impl DockerBox {
     /// `None` (after a loud notice) when the Docker prerequisites are missing outside CI.
     pub async fn start(ctl: &TestController, dir: &Path, name: &str) -> Option<DockerBox> {
+        Self::start_with_services(ctl, dir, name, &[]).await
+    }
+
+    /// As [`DockerBox::start`], with containers the agent may manage although it did not create
+    /// them (its `services`).
+    pub async fn start_with_services(
+        ctl: &TestController,
+        dir: &Path,
+        name: &str,
+        services: &[&str],
+    ) -> Option<DockerBox> {
         let dockerd = docker::Dockerd::start().await?;
         let state = dir.join(name);
         let identity = ctl.enroll(&state, name).await;
@@ -252,6 +263,7 @@ impl DockerBox {
         std::fs::create_dir_all(&hf_cache).expect("hub cache");
         let hf_home = hf_cache.parent().unwrap_or(&hf_cache).to_path_buf();
         config.engine.mount_roots = vec![root.clone(), hf_home];
+        config.engine.services = services.iter().map(|s| s.to_string()).collect();
         let node_id = identity.node_id.clone();
         let agent = TestAgent::run_with(identity, &state, config);
         ctl.wait_node_connected(&node_id, true, Duration::from_secs(5))
