@@ -724,7 +724,13 @@ async fn run_download(app: Arc<App>, job: Arc<Job>, targets: Vec<(String, String
                 repo: job.repo.clone(),
                 revision: job.revision.clone(),
                 endpoint: None,
-                token: None,
+                token: app
+                    .settings
+                    .get()
+                    .secrets
+                    .huggingface_token
+                    .clone()
+                    .map(spark_common::ops::Secret),
             };
             let outcome = match app.registry.request(&node, Op::DownloadModel(req)) {
                 None => Err(format!("node '{name}' is not connected")),

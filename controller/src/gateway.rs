@@ -293,10 +293,16 @@ async fn session(app: Arc<App>, node: NodeRow, mut socket: WebSocket, remote: So
         Some(&node.id),
         None,
         &format!(
-            "node '{}' connected from {} (agent {})",
+            "node '{}' connected from {} (agent {}){}",
             node.name,
             remote.ip(),
-            theirs.software_version
+            theirs.software_version,
+            node.last_seen
+                .map(|t| format!(
+                    " after {} offline",
+                    crate::human_duration(now_ms() - t)
+                ))
+                .unwrap_or_default()
         ),
     );
     tracing::info!(node = %node.id, name = %node.name, %remote, "agent connected");

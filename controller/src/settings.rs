@@ -31,6 +31,46 @@ pub struct Settings {
     pub search: SearchSettings,
     /// Deep health probes and the auto-restart policy.
     pub health: HealthSettings,
+    /// Write-only: shown masked, never logged.
+    pub secrets: Secrets,
+}
+
+/// Credentials the controller passes on (as typed secrets, never on a command line).
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Secrets {
+    /// Hugging Face token for gated repositories: sent with downloads that carry none.
+    pub huggingface_token: Option<String>,
+    /// NVIDIA NGC API key (registry login for NIM images).
+    pub ngc_api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field(
+                "huggingface_token",
+                &self.huggingface_token.as_ref().map(|_| MASK),
+            )
+            .field("ngc_api_key", &self.ngc_api_key.as_ref().map(|_| MASK))
+            .finish()
+    }
+}
+
+/// What a set secret reads as. Sending it back in a `PUT` keeps the stored value.
+pub const MASK: &str = "********";
+
+/// The settings as the API shows them: secrets masked.
+pub fn masked(s: &Settings) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(secrets) = v.get_mut("secrets").and_then(Value::as_object_mut) {
+        for val in secrets.values_mut() {
+            if !val.is_null() {
+                *val = Value::String(MASK.into());
+            }
+        }
+    }
+    v
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -280,8 +320,8 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/settings", get(show).put(update))
 }
 
-async fn show(State(app): State<Arc<App>>) -> Json<Settings> {
-    Json((*app.settings.get()).clone())
+async fn show(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(masked(&app.settings.get()))
 }
 
 /// Merge `patch` into `base`: objects merge key by key, anything else replaces.
@@ -315,7 +355,7 @@ async fn update(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
-) -> Result<Json<Settings>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let patch: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "body must be a JSON object of settings to change (GET /api/settings shows them all): {e}"
@@ -327,6 +367,16 @@ async fn update(
                 .into(),
         ));
     }
+    let mut patch = patch;
+    // A masked secret sent back (a GET's document PUT whole) keeps the stored value.
+    if let Some(secrets) = patch.get_mut("secrets").and_then(Value::as_object_mut) {
+        secrets.retain(|_, v| v.as_str() != Some(MASK));
+        for v in secrets.values_mut() {
+            if v.as_str().is_some_and(|s| s.trim().is_empty()) {
+                *v = Value::Null;
+            }
+        }
+    }
     let changed: Vec<String> = patch
         .as_object()
         .map(|o| o.keys().cloned().collect())
@@ -336,14 +386,15 @@ async fn update(
     merge(&mut doc, patch);
     let new = Settings::from_value(doc.clone()).map_err(ApiError::bad_request)?;
     app.db.set_meta(META_KEY, &doc.to_string())?;
-    app.settings.set(new.clone());
+    let shown = masked(&new);
+    app.settings.set(new);
     let _ = app.db.add_event(
         "settings_changed",
         None,
         Some(&actor.0),
         &format!("settings changed: {}", changed.join(", ")),
     );
-    Ok(Json(new))
+    Ok(Json(shown))
 }
 
 #[cfg(test)]

@@ -427,11 +427,40 @@ async fn settings_apply_live_survive_a_restart_and_refuse_bad_values() {
             "{v}"
         );
     }
+    // Secrets are write-only: masked on read, kept when the mask is sent back, never in the
+    // event log.
+    let secret = "hf_SuperSecretToken123";
+    let (s, v) = send(
+        &ctl,
+        Method::PUT,
+        "/api/settings",
+        json!({"secrets": {"huggingface_token": secret}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["secrets"]["huggingface_token"], "********");
+    assert!(v["secrets"]["ngc_api_key"].is_null());
+    let (_, whole) = ctl.get_json("/api/settings").await;
+    assert!(!whole.to_string().contains(secret));
+    let (s, _) = send(&ctl, Method::PUT, "/api/settings", whole.clone()).await;
+    assert_eq!(s, 200);
+    let stored = &ctl.running.as_ref().unwrap().app.settings.get().secrets;
+    assert_eq!(
+        stored.huggingface_token.as_deref(),
+        Some(secret),
+        "the mask kept the value"
+    );
+
     let data = ctl.data_dir.clone();
     ctl.stop().await;
     let ctl = controller(&data).await;
     let (_, settings) = ctl.get_json("/api/settings").await;
     assert_eq!(settings["health"]["probe_interval_seconds"], 5);
+    assert_eq!(settings["secrets"]["huggingface_token"], "********");
+    let (_, events) = ctl.get_json("/api/events?limit=1000").await;
+    assert!(!events.to_string().contains(secret));
+    let (_, audit) = ctl.get_json("/api/audit?limit=1000").await;
+    assert!(!audit.to_string().contains(secret));
     let (_, dh) = ctl.get_json("/api/deep-health").await;
     assert_eq!(dh["interval_seconds"], 5);
     // The audit log has the settings changes (and the refusals) with their actor.
@@ -442,7 +471,7 @@ async fn settings_apply_live_survive_a_restart_and_refuse_bad_values() {
         .iter()
         .filter(|a| a["target"] == "/api/settings")
         .collect();
-    assert_eq!(puts.len(), 4, "{audit}");
+    assert_eq!(puts.len(), 6, "{audit}");
     assert!(puts.iter().all(|a| a["actor"] == "admin-token"));
     assert_eq!(puts.iter().filter(|a| a["status"] == 400).count(), 3);
     // Refused requests are audited too, without a body.

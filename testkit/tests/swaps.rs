@@ -355,6 +355,18 @@ async fn solo_swap_a_to_b_then_a_failing_load_then_the_lock() {
             "{line} missing in\n{metrics}"
         );
     }
+    // The audit log has the three swaps with their actor and result; the swap events carry
+    // the swap's subject.
+    let (_, audit) = ctl.get_json("/api/audit?actor=admin-token&limit=500").await;
+    let swaps = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "POST" && a["target"] == "/api/swap" && a["status"] == 202)
+        .count();
+    assert_eq!(swaps, 3, "{audit}");
+    let (_, ev) = ctl.get_json("/api/events?subject=swap:model-c").await;
+    assert_eq!(ev[0]["kind"], "swap_failed", "{ev}");
 
     // The webhooks: swap_complete for A and B, swap_failed for C with its log tail, each
     // signed; the first attempt got a 500 and the same delivery came again, byte for byte.
