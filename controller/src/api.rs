@@ -156,6 +156,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::keys::routes())
         .merge(crate::audit::routes())
         .merge(crate::health::routes())
+        .merge(crate::live::routes())
         .fallback(api_not_found)
         .layer(middleware::from_fn_with_state(app.clone(), control_guard));
     Router::new()
@@ -331,7 +332,7 @@ pub struct NodeView {
     pub host: Option<HostSnapshot>,
 }
 
-fn node_view(app: &App, row: NodeRow) -> NodeView {
+pub(crate) fn node_view(app: &App, row: NodeRow) -> NodeView {
     let live = app
         .registry
         .get(&row.id)

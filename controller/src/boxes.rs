@@ -173,7 +173,7 @@ struct HardwareNode {
     telemetry: Value,
 }
 
-async fn hardware(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn hardware(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for row in app.db.nodes(false)? {
         let live = app.registry.get(&row.id);
@@ -802,7 +802,7 @@ async fn run_download(app: Arc<App>, job: Arc<Job>, targets: Vec<(String, String
     job.publish("finished", job.view());
 }
 
-async fn list_downloads(State(app): State<Arc<App>>) -> Json<Value> {
+pub(crate) async fn list_downloads(State(app): State<Arc<App>>) -> Json<Value> {
     let jobs: Vec<Arc<Job>> = {
         let inner = app
             .downloads

@@ -757,7 +757,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/services/{name}/{action}", post(service_action))
 }
 
-async fn list(State(app): State<Arc<App>>) -> Json<Value> {
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Json<Value> {
     let settings = app.settings.get();
     let mut names: Vec<String> = app.services.snapshot().keys().cloned().collect();
     names.sort();

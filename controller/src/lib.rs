@@ -23,6 +23,7 @@ pub mod endpoints;
 pub mod gateway;
 pub mod health;
 pub mod keys;
+pub mod live;
 pub mod lock;
 pub mod menu;
 pub mod metrics;

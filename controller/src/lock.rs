@@ -479,7 +479,7 @@ async fn acquire_route(
     Ok((status, Json(lock_view(&granted.row, Some(&granted.token)))))
 }
 
-async fn get_route(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn get_route(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(match current(&app.db)? {
         None => json!({"held": false}),
         Some(row) => {

@@ -385,7 +385,13 @@ async fn on_demand(
     body: Bytes,
     arrived: Instant,
 ) -> Response {
-    let deadline = arrived + app.config.on_demand_wait;
+    let wait = app
+        .settings
+        .get()
+        .on_demand_wait_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(app.config.on_demand_wait);
+    let deadline = arrived + wait;
     let mut position: usize;
     loop {
         let routes = app.routes.fresh(&app);

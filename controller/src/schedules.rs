@@ -293,7 +293,7 @@ async fn upsert_route(
     Ok((status, Json(view(&row))))
 }
 
-async fn list_route(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list_route(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let out: Vec<Value> = rows(&app.db, None)?.iter().map(view).collect();
     Ok(Json(json!(out)))
 }

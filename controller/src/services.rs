@@ -681,7 +681,7 @@ fn view(app: &App, cfg: &ServiceConfig, st: Option<&Status>) -> Value {
     v
 }
 
-async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let configs = all(&app)?;
     let snap = app.services.snapshot();
     Ok(Json(Value::Array(

@@ -33,6 +33,9 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Write-only: shown masked, never logged.
     pub secrets: Secrets,
+    /// How long a gateway request for an on-demand model waits for it to load before 503 +
+    /// `Retry-After` (unset: the controller's start-up value, 120 s by default).
+    pub on_demand_wait_seconds: Option<u64>,
 }
 
 /// Credentials the controller passes on (as typed secrets, never on a command line).
@@ -201,6 +204,13 @@ impl Settings {
                     "{field}: {v} is out of range ({min} bytes to 4 GiB)"
                 ));
             }
+        }
+        if let Some(w) = self.on_demand_wait_seconds
+            && w > 3_600
+        {
+            return Err(format!(
+                "on_demand_wait_seconds: {w} is out of range (0 to 3600)"
+            ));
         }
         let h = &self.health;
         for (field, v, lo, hi) in [

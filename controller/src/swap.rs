@@ -1810,7 +1810,7 @@ async fn validate(
 }
 
 /// `GET /api/status`: the model loaded on each node, its readiness, the active job.
-async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let mut nodes = Vec::new();
     let mut loaded: HashMap<String, Vec<Value>> = HashMap::new();
     let mut rows = app.db.nodes(false)?;
