@@ -31,7 +31,7 @@ pub fn missing_prerequisite<T>(what: &str) -> Option<T> {
     None
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join(cmd))

@@ -2,7 +2,9 @@
 //! data directories. Nothing here is a mock: the controller is `spark_control::start`, agents
 //! are `spark_agent::enroll::join` + `spark_agent::link::run`, TLS is real.
 
+pub mod browser;
 pub mod docker;
+pub mod models;
 pub mod webhook;
 
 use std::future::Future;

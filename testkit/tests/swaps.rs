@@ -3,66 +3,14 @@
 //! mid-swap, the lock in the way of a swap, and webhooks from real swaps.
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use spark_testkit::webhook::{Receiver, assert_signed};
+use spark_testkit::models::{LLAMA_CONFIG, add_recipe, fake_recipe as recipe, free_port};
 use spark_testkit::{DockerBox, TestController, init, plant_hf_model, read_sse, wait_until};
 
-const LLAMA_CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"hidden_size":256,"max_position_embeddings":4096,"torch_dtype":"bfloat16"}"#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A recipe running the fake vLLM image as a vLLM image would run.
-fn recipe(key: &str, repo: &str, image: &str, port: u16, extra: &[&str]) -> Value {
-    let mut args: Vec<String> = [
-        "--gpu-memory-utilization",
-        "0.05",
-        "--max-model-len",
-        "4096",
-        "--enable-prefix-caching",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    json!({
-        "key": key,
-        "name": format!("Test model {key}"),
-        "repo": repo,
-        "runtime": {
-            "image": image,
-            "serve_command": ["/bin/spark-fake", "vllm"],
-            "check_command": ["/bin/spark-fake", "vllm", "--check-args"],
-        },
-        "served_model_name": key,
-        "port": port,
-        "args": args,
-        "expected_ready_seconds": 2,
-        "timeout_seconds": 40,
-        "architecture": "LlamaForCausalLM",
-    })
-}
-
-async fn add_recipe(ctl: &TestController, r: Value) {
-    let resp = ctl
-        .admin(Method::POST, "/api/models")
-        .json(&r)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-}
 
 async fn start_swap(ctl: &TestController, body: Value) -> Value {
     let resp = ctl

@@ -32,6 +32,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::net::TcpListener;
@@ -209,6 +210,12 @@ async fn run(
         }
     };
     on_bound(listener.local_addr()?);
+    // TCP_NODELAY, as vLLM's server has it (asyncio sets it on every TCP transport): without it
+    // a streamed event written after the response head waits for the client's delayed ACK
+    // (~40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone());
     let deadline = async {
         shutdown.clone().await;
