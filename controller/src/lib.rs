@@ -247,7 +247,11 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
 
     let http_router = api::router(app.clone());
     let shutdown = app.shutdown.clone();
-    let http_listener = listeners.http;
+    // TCP_NODELAY: a streamed event must leave at once, not wait for the client's delayed ACK
+    // (Nagle), or every SSE chunk of the gateway gains up to 40 ms.
+    let http_listener = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http_task = tokio::spawn(async move {
         let serve = axum::serve(
             http_listener,
