@@ -21,60 +21,13 @@ use axum::routing::post;
 use serde::Deserialize;
 
 use crate::App;
-use crate::proxy::{Upstream, error, read_body};
-use crate::services::{Api, Kind, ServiceConfig, Status};
+use crate::proxy::{error, read_body, service_of_kind};
+use crate::services::{Api, Kind};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/audio/transcriptions", post(transcriptions))
         .route("/v1/audio/speech", post(speech))
-}
-
-/// The first healthy service of a kind (else the first one), with its address.
-fn pick(app: &App, kind: Kind) -> Result<(ServiceConfig, Status, String), Response> {
-    let list = app.services.of_kind(kind);
-    let Some((cfg, st)) = list
-        .iter()
-        .find(|(_, s)| s.healthy)
-        .or(list.first())
-        .cloned()
-    else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "service_not_configured",
-            format!(
-                "no {} service is configured: add one with PUT /api/services/{{name}}",
-                kind.as_str()
-            ),
-        ));
-    };
-    match st.base_url.clone() {
-        Some(base) => Ok((cfg, st, base)),
-        None => Err(error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            "upstream_unreachable",
-            format!(
-                "the {} service {} cannot be reached: {}",
-                kind.as_str(),
-                cfg.name,
-                st.error.clone().unwrap_or_else(|| "no address".into())
-            ),
-        )),
-    }
-}
-
-fn upstream(cfg: &ServiceConfig, st: &Status, url: String) -> Upstream {
-    let node = st.node_name.clone().unwrap_or_else(|| cfg.name.clone());
-    Upstream {
-        what: format!("the {} service {} on {node}", cfg.kind.as_str(), cfg.name),
-        url,
-        model: st.models.first().cloned().unwrap_or_default(),
-        node,
-        bearer: None,
-        content_type: None,
-    }
 }
 
 async fn transcriptions(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -83,11 +36,12 @@ async fn transcriptions(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (cfg, st, base) = match pick(&app, Kind::Asr) {
-        Ok(x) => x,
-        Err(r) => return r,
+    let target = match service_of_kind(&app, Kind::Asr, None) {
+        Ok(t) => t,
+        Err(r) => return *r,
     };
-    let up = upstream(&cfg, &st, format!("{base}/v1/audio/transcriptions"));
+    let (cfg, st) = (&target.cfg, &target.status);
+    let up = target.upstream("/v1/audio/transcriptions");
     let resp = up.send(&app, &headers, body, arrived).await;
     if resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
         // The known wedge: tell the client to come back, and let the policy look at once.
@@ -137,12 +91,14 @@ async fn speech(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (cfg, st, base) = match pick(&app, Kind::Tts) {
-        Ok(x) => x,
-        Err(r) => return r,
+    let target = match service_of_kind(&app, Kind::Tts, None) {
+        Ok(t) => t,
+        Err(r) => return *r,
     };
+    let (cfg, st) = (&target.cfg, &target.status);
     if cfg.api() != Api::Magpie {
-        return upstream(&cfg, &st, format!("{base}/v1/audio/speech"))
+        return target
+            .upstream("/v1/audio/speech")
             .send(&app, &headers, body, arrived)
             .await;
     }
@@ -186,7 +142,7 @@ async fn speech(State(app): State<Arc<App>>, req: Request) -> Response {
     for (k, v) in form {
         multipart = multipart.text(k, v);
     }
-    let up = upstream(&cfg, &st, format!("{base}/v1/audio/synthesize"));
+    let up = target.upstream("/v1/audio/synthesize");
     let dispatched = Instant::now();
     match crate::proxy::client()
         .post(&up.url)

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::App;
 use crate::proxy::{self, Upstream, error, read_body};
-use crate::services::{Api, Kind, ServiceConfig, Status};
+use crate::services::{Api, Kind};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -35,7 +35,7 @@ pub fn routes() -> Router<Arc<App>> {
 /// Where an embeddings request for `model` goes.
 enum EmbedTarget {
     Llm(proxy::LlmTarget),
-    Service(Box<(ServiceConfig, Status, String)>),
+    Service(Box<proxy::ServiceTarget>),
 }
 
 fn embed_target(app: &App, model: Option<&str>) -> Result<EmbedTarget, Response> {
@@ -44,47 +44,18 @@ fn embed_target(app: &App, model: Option<&str>) -> Result<EmbedTarget, Response>
     {
         return Ok(EmbedTarget::Llm(t.clone()));
     }
-    let services = app.services.of_kind(Kind::Embeddings);
-    let chosen = model
-        .and_then(|m| {
-            services
-                .iter()
-                .find(|(_, st)| st.models.iter().any(|x| x == m))
-        })
-        .or_else(|| services.iter().find(|(_, st)| st.healthy))
-        .or(services.first());
-    let Some((cfg, st)) = chosen.cloned() else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "no_embeddings_service",
-            "no embeddings service is configured: add one with PUT /api/services/{name} {\"kind\": \"embeddings\", …}",
-        ));
-    };
-    match st.base_url.clone() {
-        Some(base) => Ok(EmbedTarget::Service(Box::new((cfg, st, base)))),
-        None => Err(error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            "upstream_unreachable",
-            format!(
-                "the embeddings service {} cannot be reached: {}",
-                cfg.name,
-                st.error.unwrap_or_else(|| "no address".into())
-            ),
-        )),
-    }
+    proxy::service_of_kind(app, Kind::Embeddings, model)
+        .map(|t| EmbedTarget::Service(Box::new(t)))
+        .map_err(|r| *r)
 }
 
-fn service_upstream(cfg: &ServiceConfig, st: &Status, url: String) -> Upstream {
-    let model = st.models.first().cloned().unwrap_or_default();
-    let node = st.node_name.clone().unwrap_or_else(|| cfg.name.clone());
+fn llm_upstream(t: proxy::LlmTarget, path: &str) -> Upstream {
     Upstream {
-        what: format!("the {} service {} on {}", cfg.kind.as_str(), cfg.name, node),
-        url,
-        model,
-        node,
-        bearer: None,
+        url: format!("{}{path}", t.base),
+        what: format!("the model server for `{}` on node {}", t.model, t.node),
+        model: t.model,
+        node: t.node,
+        bearer: t.api_key,
         content_type: None,
     }
 }
@@ -100,18 +71,8 @@ async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
         Err(r) => return r,
     };
     let up = match embed_target(&app, model.as_deref()) {
-        Ok(EmbedTarget::Llm(t)) => Upstream {
-            url: format!("{}/v1/embeddings", t.base),
-            what: format!("the model server for `{}` on node {}", t.model, t.node),
-            model: t.model,
-            node: t.node,
-            bearer: t.api_key,
-            content_type: None,
-        },
-        Ok(EmbedTarget::Service(s)) => {
-            let (cfg, st, base) = *s;
-            service_upstream(&cfg, &st, format!("{base}/v1/embeddings"))
-        }
+        Ok(EmbedTarget::Llm(t)) => llm_upstream(t, "/v1/embeddings"),
+        Ok(EmbedTarget::Service(s)) => s.upstream("/v1/embeddings"),
         Err(r) => return r,
     };
     up.send(&app, &headers, body, arrived).await
@@ -173,38 +134,26 @@ async fn rerank(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     match target {
         EmbedTarget::Llm(t) => {
-            let up = Upstream {
-                url: format!("{}/v1/rerank", t.base),
-                what: format!("the model server for `{}` on node {}", t.model, t.node),
-                model: t.model,
-                node: t.node,
-                bearer: t.api_key,
-                content_type: None,
-            };
-            up.send(&app, &headers, body, arrived).await
+            llm_upstream(t, "/v1/rerank")
+                .send(&app, &headers, body, arrived)
+                .await
         }
-        EmbedTarget::Service(s) => {
-            let (cfg, st, base) = *s;
-            if cfg.api() == Api::Openai {
-                service_upstream(&cfg, &st, format!("{base}/v1/rerank"))
-                    .send(&app, &headers, body, arrived)
-                    .await
-            } else {
-                tei_rerank(&cfg, &st, &base, parsed, arrived).await
-            }
+        EmbedTarget::Service(s) if s.cfg.api() == Api::Openai => {
+            s.upstream("/v1/rerank")
+                .send(&app, &headers, body, arrived)
+                .await
         }
+        EmbedTarget::Service(s) => tei_rerank(&s, parsed, arrived).await,
     }
 }
 
 /// Rerank through TEI's `/rerank`, answering in the vLLM / Cohere shape.
 async fn tei_rerank(
-    cfg: &ServiceConfig,
-    st: &Status,
-    base: &str,
+    target: &proxy::ServiceTarget,
     req: RerankRequest,
     arrived: Instant,
 ) -> Response {
-    let up = service_upstream(cfg, st, format!("{base}/rerank"));
+    let up = target.upstream("/rerank");
     let texts: Vec<&str> = req.documents.iter().map(Document::text).collect();
     let tei_body =
         json!({"query": req.query, "texts": texts, "raw_scores": false, "return_text": false});
@@ -298,10 +247,6 @@ async fn tei_rerank(
     with(out, &up)
 }
 
-fn with(mut resp: Response, up: &Upstream) -> Response {
-    resp.extensions_mut().insert(proxy::Routed {
-        model: up.model.clone(),
-        node: up.node.clone(),
-    });
-    resp
+fn with(resp: Response, up: &Upstream) -> Response {
+    proxy::with_routed(resp, &up.model, &up.node)
 }

@@ -298,10 +298,7 @@ async fn session(app: Arc<App>, node: NodeRow, mut socket: WebSocket, remote: So
             remote.ip(),
             theirs.software_version,
             node.last_seen
-                .map(|t| format!(
-                    " after {} offline",
-                    crate::human_duration(now_ms() - t)
-                ))
+                .map(|t| format!(" after {} offline", crate::human_duration(now_ms() - t)))
                 .unwrap_or_default()
         ),
     );

@@ -111,7 +111,11 @@ async fn live(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Even
             if !rows.is_empty() {
                 newest = rows.last().map(|r| r.0).unwrap_or(last_event);
                 let list: Vec<Value> = rows.into_iter().map(|r| r.1).collect();
-                events.push(Event::default().event("log").data(Value::Array(list).to_string()));
+                events.push(
+                    Event::default()
+                        .event("log")
+                        .data(Value::Array(list).to_string()),
+                );
             }
             let state = snapshot(&app).await.to_string();
             let (last, sent_at) = if state != last || sent_at.elapsed() >= Duration::from_secs(15) {

@@ -73,7 +73,7 @@ pub struct Routed {
     pub node: String,
 }
 
-fn with_routed(mut resp: Response, model: &str, node: &str) -> Response {
+pub fn with_routed(mut resp: Response, model: &str, node: &str) -> Response {
     resp.extensions_mut().insert(Routed {
         model: model.to_string(),
         node: node.to_string(),
@@ -276,6 +276,121 @@ fn unknown_model(app: &App, name: &str) -> Response {
     }});
     *resp.body_mut() = Body::from(body.to_string());
     resp
+}
+
+// ---------- services as targets ----------
+
+/// A configured service the gateway sends a request to.
+pub struct ServiceTarget {
+    pub cfg: crate::services::ServiceConfig,
+    pub status: crate::services::Status,
+    /// Its base URL now.
+    pub base: String,
+}
+
+impl ServiceTarget {
+    /// The relay description of a request to `path` on this service.
+    pub fn upstream(&self, path: &str) -> Upstream {
+        let node = self
+            .status
+            .node_name
+            .clone()
+            .unwrap_or_else(|| self.cfg.name.clone());
+        Upstream {
+            what: format!(
+                "the {} service {} on {node}",
+                self.cfg.kind.as_str(),
+                self.cfg.name
+            ),
+            url: format!("{}{path}", self.base),
+            model: self.status.models.first().cloned().unwrap_or_default(),
+            node,
+            bearer: None,
+            content_type: None,
+        }
+    }
+}
+
+/// `(cfg, status)` with its address, or 502 saying why it cannot be reached.
+fn reachable(
+    cfg: crate::services::ServiceConfig,
+    status: crate::services::Status,
+) -> Result<ServiceTarget, Box<Response>> {
+    match status.base_url.clone() {
+        Some(base) => Ok(ServiceTarget { cfg, status, base }),
+        None => Err(Box::new(error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            "upstream_unreachable",
+            format!(
+                "the {} service {} cannot be reached: {}",
+                cfg.kind.as_str(),
+                cfg.name,
+                status.error.as_deref().unwrap_or("no address")
+            ),
+        ))),
+    }
+}
+
+/// The enabled service of `kind` for a request: the one serving `model` when given, else the
+/// first healthy one, else the first.
+pub fn service_of_kind(
+    app: &App,
+    kind: crate::services::Kind,
+    model: Option<&str>,
+) -> Result<ServiceTarget, Box<Response>> {
+    let list = app.services.of_kind(kind);
+    let chosen = model
+        .and_then(|m| list.iter().find(|(_, st)| st.models.iter().any(|x| x == m)))
+        .or_else(|| list.iter().find(|(_, st)| st.healthy))
+        .or(list.first())
+        .cloned();
+    let Some((cfg, st)) = chosen else {
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "service_not_configured",
+            format!(
+                "no {} service is configured: add one with PUT /api/services/{{name}} {{\"kind\": \"{}\", …}}",
+                kind.as_str(),
+                kind.as_str()
+            ),
+        )));
+    };
+    reachable(cfg, st)
+}
+
+/// The service `name` (which must be of `kind` and enabled), for `purpose` ("search").
+pub fn service_named(
+    app: &App,
+    name: &str,
+    kind: crate::services::Kind,
+    purpose: &str,
+) -> Result<ServiceTarget, Box<Response>> {
+    let unavailable = |code: &str, msg: String| {
+        Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            code,
+            msg,
+        ))
+    };
+    let Some((cfg, st)) = app.services.get(name) else {
+        return Err(unavailable(
+            "service_not_configured",
+            format!(
+                "{purpose} needs the {} service {name:?}, which is not configured (PUT /api/services/{name}, or change {purpose} in /api/settings)",
+                kind.as_str()
+            ),
+        ));
+    };
+    if !cfg.enabled {
+        return Err(unavailable(
+            "service_disabled",
+            format!("{purpose} needs the service {name:?}, which is disabled"),
+        ));
+    }
+    reachable(cfg, st)
 }
 
 // ---------- request bodies ----------

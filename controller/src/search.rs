@@ -109,32 +109,9 @@ fn unavailable(what: String) -> Response {
 
 /// A configured service by name, with its address, or why it cannot be used.
 fn service(app: &App, name: &str, kind: Kind) -> Result<(ServiceConfig, Status, String), Response> {
-    let Some((cfg, st)) = app.services.get(name) else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "service_not_configured",
-            format!(
-                "search needs the {} service {name:?}, which is not configured (PUT /api/services/{name}, or change search in /api/settings)",
-                kind.as_str()
-            ),
-        ));
-    };
-    if !cfg.enabled {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "service_disabled",
-            format!("search needs the service {name:?}, which is disabled"),
-        ));
-    }
-    match st.base_url.clone() {
-        Some(base) => Ok((cfg, st, base)),
-        None => Err(unavailable(format!(
-            "the service {name:?} cannot be reached: {}",
-            st.error.clone().unwrap_or_else(|| "no address".into())
-        ))),
-    }
+    crate::proxy::service_named(app, name, kind, "search")
+        .map(|t| (t.cfg, t.status, t.base))
+        .map_err(|r| *r)
 }
 
 async fn search(State(app): State<Arc<App>>, req: Request) -> Response {

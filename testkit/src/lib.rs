@@ -81,6 +81,15 @@ impl TestController {
         }
     }
 
+    /// Start with service discovery left to the test: services are asked only when configured
+    /// or shown one by one, so a test controls exactly what the gateway believes.
+    pub async fn start_manual_discovery(data_dir: &Path) -> TestController {
+        Self::start_with(data_dir, LOOPBACK_ANY_PORT, LOOPBACK_ANY_PORT, |c| {
+            c.discovery_interval = Duration::from_secs(3600)
+        })
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }

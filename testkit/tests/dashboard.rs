@@ -24,7 +24,10 @@ fn q(css: &str) -> String {
 async fn act(b: &Browser, css: &str) {
     let clicked = b
         .js(
-            &format!("const e = {}; if (!e) return false; e.click(); return true;", q(css)),
+            &format!(
+                "const e = {}; if (!e) return false; e.click(); return true;",
+                q(css)
+            ),
             vec![],
         )
         .await;
@@ -62,10 +65,22 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
     plant_hf_model(&b1.hf_cache, "fake-org/model-a", LLAMA_CONFIG, 4096);
     plant_hf_model(&b1.hf_cache, "fake-org/model-b", LLAMA_CONFIG, 4096);
     let slow = ["--load-delay-ms", "2500"];
-    add_recipe(&ctl, fake_recipe("model-a", "fake-org/model-a", &image, free_port(), &[])).await;
-    add_recipe(&ctl, fake_recipe("model-b", "fake-org/model-b", &image, free_port(), &slow)).await;
+    add_recipe(
+        &ctl,
+        fake_recipe("model-a", "fake-org/model-a", &image, free_port(), &[]),
+    )
+    .await;
+    add_recipe(
+        &ctl,
+        fake_recipe("model-b", "fake-org/model-b", &image, free_port(), &slow),
+    )
+    .await;
     let dying = ["--exit-during-load-ms", "400"];
-    add_recipe(&ctl, fake_recipe("model-c", "fake-org/model-a", &image, free_port(), &dying)).await;
+    add_recipe(
+        &ctl,
+        fake_recipe("model-c", "fake-org/model-a", &image, free_port(), &dying),
+    )
+    .await;
     let mut evil = fake_recipe("evil", "fake-org/model-a", &image, free_port(), &[]);
     evil["name"] = json!(EVIL);
     add_recipe(&ctl, evil).await;
@@ -75,8 +90,18 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
     let port = free_port();
     b2.dockerd
         .docker(&[
-            "run", "-d", "--name", "kokoro", "--network", "host", &image2, "--host", "127.0.0.1",
-            "--port", &port.to_string(), "kokoro",
+            "run",
+            "-d",
+            "--name",
+            "kokoro",
+            "--network",
+            "host",
+            &image2,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "kokoro",
         ])
         .unwrap();
     let r = ctl
@@ -108,14 +133,21 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
         .wait_js(
             Duration::from_secs(10),
             "the tts service card, healthy",
-            &format!("const e = {}; return e && e.dataset.state === 'ok';", q("article.card.service[data-service='tts']")),
+            &format!(
+                "const e = {}; return e && e.dataset.state === 'ok';",
+                q("article.card.service[data-service='tts']")
+            ),
         )
         .await;
     browser
         .wait_js(
             Duration::from_secs(15),
             "the model cards",
-            &format!("return !!{} && !!{};", q("article.card.model[data-model='model-a']"), q("article.card.model[data-model='evil']")),
+            &format!(
+                "return !!{} && !!{};",
+                q("article.card.model[data-model='model-a']"),
+                q("article.card.model[data-model='evil']")
+            ),
         )
         .await;
     // The node card shows the service's container with its state.
@@ -123,14 +155,20 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
         .wait_js(
             Duration::from_secs(5),
             "kokoro listed running on spark-2",
-            &format!("const e = {}; return e && e.dataset.state === 'running';", q("article.card.node[data-node='spark-2'] [data-container='kokoro']")),
+            &format!(
+                "const e = {}; return e && e.dataset.state === 'running';",
+                q("article.card.node[data-node='spark-2'] [data-container='kokoro']")
+            ),
         )
         .await;
 
     // Markup in a model name is text.
     let shown = browser
         .js(
-            &format!("return {}.querySelector('.model-name').textContent;", q("article.card.model[data-model='evil']")),
+            &format!(
+                "return {}.querySelector('.model-name').textContent;",
+                q("article.card.model[data-model='evil']")
+            ),
             vec![],
         )
         .await;
@@ -185,7 +223,11 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
             vec![],
         )
         .await;
-    act(&browser, "article.card.model[data-model='model-b'] [data-action='switch']").await;
+    act(
+        &browser,
+        "article.card.model[data-model='model-b'] [data-action='switch']",
+    )
+    .await;
     confirm(&browser).await;
     browser
         .wait_js(
@@ -205,14 +247,21 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
         )
         .await;
     let log_lines = browser
-        .js("return document.querySelectorAll('#swap-log > *').length;", vec![])
+        .js(
+            "return document.querySelectorAll('#swap-log > *').length;",
+            vec![],
+        )
         .await;
     assert!(log_lines.as_u64().unwrap() > 0, "no log lines shown");
     let (_, status) = ctl.get_json("/api/status").await;
     assert_eq!(status["loaded"][0]["key"], "model-b", "{status}");
 
     // A failing swap shows its message.
-    act(&browser, "article.card.model[data-model='model-c'] [data-action='switch']").await;
+    act(
+        &browser,
+        "article.card.model[data-model='model-c'] [data-action='switch']",
+    )
+    .await;
     confirm(&browser).await;
     let msg = browser
         .wait_js(
@@ -222,7 +271,10 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
              return p.textContent.toLowerCase().includes('failed') && e.textContent.trim() ? e.textContent : '';",
         )
         .await;
-    assert!(msg.as_str().unwrap().contains("exited during the load"), "{msg}");
+    assert!(
+        msg.as_str().unwrap().contains("exited during the load"),
+        "{msg}"
+    );
     browser.screenshot("dashboard-swap-failed").await;
 
     // Add a box: the page makes a join token that a new agent can use.
@@ -235,15 +287,29 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
         )
         .await;
     let commands = browser
-        .js("return document.getElementById('join-commands').textContent;", vec![])
+        .js(
+            "return document.getElementById('join-commands').textContent;",
+            vec![],
+        )
         .await;
-    assert!(commands.as_str().unwrap().contains("spark-agent join"), "{commands}");
-    let agent = TestAgent::join_and_run(token.as_str().unwrap(), &dir.path().join("spark-3"), "spark-3").await;
+    assert!(
+        commands.as_str().unwrap().contains("spark-agent join"),
+        "{commands}"
+    );
+    let agent = TestAgent::join_and_run(
+        token.as_str().unwrap(),
+        &dir.path().join("spark-3"),
+        "spark-3",
+    )
+    .await;
     browser
         .wait_js(
             Duration::from_secs(10),
             "the new node's card",
-            &format!("const e = {}; return e && e.dataset.state === 'up';", q("article.card.node[data-node='spark-3']")),
+            &format!(
+                "const e = {}; return e && e.dataset.state === 'up';",
+                q("article.card.node[data-node='spark-3']")
+            ),
         )
         .await;
     browser.screenshot("dashboard-three-nodes").await;
@@ -252,9 +318,16 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
     browser.client.set_window_size(390, 844).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let overflow = browser
-        .js("return document.documentElement.scrollWidth <= window.innerWidth + 1;", vec![])
+        .js(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
         .await;
-    assert_eq!(overflow, json!(true), "the page scrolls sideways at phone width");
+    assert_eq!(
+        overflow,
+        json!(true),
+        "the page scrolls sideways at phone width"
+    );
     browser.screenshot("dashboard-phone").await;
 
     agent.stop().await;

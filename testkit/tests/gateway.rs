@@ -17,18 +17,6 @@ use serde_json::{Value, json};
 use spark_fakes::{Fake, qdrant, synth, tei, tts, vllm};
 use spark_testkit::{TestController, init, wait_until};
 
-/// A controller whose discovery never runs on its own (tests refresh services by configuring
-/// them), so a test controls exactly what the gateway believes.
-async fn controller(dir: &std::path::Path) -> TestController {
-    TestController::start_with(
-        dir,
-        spark_testkit::LOOPBACK_ANY_PORT,
-        spark_testkit::LOOPBACK_ANY_PORT,
-        |c| c.discovery_interval = Duration::from_secs(3600),
-    )
-    .await
-}
-
 async fn put_service(ctl: &TestController, name: &str, body: Value) -> Value {
     let resp = ctl
         .admin(Method::PUT, &format!("/api/services/{name}"))
@@ -72,6 +60,19 @@ fn openai_error(body: &Value) -> String {
     e["message"].as_str().unwrap().to_string()
 }
 
+/// The value of the sample `name{labels…}` in Prometheus exposition `text` (parsed by an
+/// independent parser), or a panic showing the text.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> prometheus_parse::Value {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition text");
+    scrape
+        .samples
+        .into_iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| s.value)
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+}
+
 /// Read a streamed response as (arrival time, bytes) chunks.
 async fn timed_chunks(mut resp: reqwest::Response) -> Vec<(Instant, Bytes)> {
     let mut out = Vec::new();
@@ -102,7 +103,7 @@ fn sse_data(body: &str) -> Vec<String> {
 async fn streaming_is_relayed_chunk_by_chunk_and_cancellation_reaches_the_upstream() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let up = spark_fakes::spawn(Fake::Vllm(fake_llm("chat-a", Duration::from_millis(80))))
         .await
         .unwrap();
@@ -282,7 +283,7 @@ use futures_util::StreamExt;
 async fn every_error_path_has_the_documented_shape() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let post = |path: &str, body: Value| ctl.client.post(ctl.url(path)).json(&body).send();
 
     // No model served at all: an unknown model is 404 listing (no) models.
@@ -502,7 +503,7 @@ const DOCS: &[(u64, &str, &str)] = &[
 async fn embeddings_rerank_and_hybrid_search_reach_their_services() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let tei_cfg = tei::Config {
         dim: 64,
         ..Default::default()
@@ -746,7 +747,7 @@ async fn embeddings_rerank_and_hybrid_search_reach_their_services() {
 async fn models_and_endpoints_list_every_service() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     // Fresh install: the default services are configured (on node #2) but nothing answers.
     let (_, eps) = ctl.get_json("/api/endpoints").await;
     assert_eq!(eps["llm"]["ready"], false, "{eps}");
@@ -862,7 +863,7 @@ async fn models_and_endpoints_list_every_service() {
 async fn api_keys_allow_refuse_and_limit_endpoints() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let llm = spark_fakes::spawn(Fake::Vllm(fake_llm("keyed", Duration::ZERO)))
         .await
         .unwrap();
@@ -1011,7 +1012,7 @@ async fn api_keys_allow_refuse_and_limit_endpoints() {
     let mut ctl = ctl;
     let data = ctl.data_dir.clone();
     ctl.stop().await;
-    let ctl = controller(&data).await;
+    let ctl = TestController::start_manual_discovery(&data).await;
     put_service(
         &ctl,
         "embeddings",
@@ -1041,7 +1042,7 @@ async fn api_keys_allow_refuse_and_limit_endpoints() {
 async fn metrics_parse_as_prometheus_text_and_count_requests() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let token = ctl.token().await;
     let agent =
         spark_testkit::TestAgent::join_and_run(&token, &dir.path().join("a1"), "box-1").await;
@@ -1096,17 +1097,6 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
             .starts_with("text/plain; version=0.0.4")
     );
     let text = resp.text().await.unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
-    let sample = |name: &str, labels: &[(&str, &str)]| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
-            .value
-            .clone()
-    };
     let ok = [
         ("route", "/v1/chat/completions"),
         ("model", "counted"),
@@ -1114,11 +1104,12 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
         ("status", "200"),
     ];
     assert_eq!(
-        sample("spark_gateway_requests_total", &ok),
+        metric(&text, "spark_gateway_requests_total", &ok),
         prometheus_parse::Value::Counter(7.0)
     );
     assert_eq!(
-        sample(
+        metric(
+            &text,
             "spark_gateway_requests_total",
             &[
                 ("route", "/v1/chat/completions"),
@@ -1128,7 +1119,7 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
         ),
         prometheus_parse::Value::Counter(2.0)
     );
-    match sample("spark_gateway_request_duration_seconds", &ok) {
+    match metric(&text, "spark_gateway_request_duration_seconds", &ok) {
         prometheus_parse::Value::Histogram(buckets) => {
             let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
             assert_eq!(inf.count, 7.0);
@@ -1136,11 +1127,11 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
         other => panic!("not a histogram: {other:?}"),
     }
     assert_eq!(
-        sample("spark_node_up", &[("node", "box-1")]),
+        metric(&text, "spark_node_up", &[("node", "box-1")]),
         prometheus_parse::Value::Gauge(1.0)
     );
     assert_eq!(
-        sample("spark_model_loaded", &[("model", "counted")]),
+        metric(&text, "spark_model_loaded", &[("model", "counted")]),
         prometheus_parse::Value::Gauge(1.0)
     );
     // Every line is a comment or a sample with a numeric value.
@@ -1218,33 +1209,26 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
             .then_some(text)
     })
     .await;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-    let gauge = |name: &str, labels: &[(&str, &str)]| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| s.value.clone())
-            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
-    };
     let gpu = [("node", "gb10-box"), ("gpu", "0")];
     assert_eq!(
-        gauge(
+        metric(
+            &text,
             "spark_gpu_utilization_percent",
             &[("node", "gb10-box"), ("name", "NVIDIA GB10")]
         ),
         prometheus_parse::Value::Gauge(87.0)
     );
     assert_eq!(
-        gauge("spark_gpu_temperature_celsius", &gpu),
+        metric(&text, "spark_gpu_temperature_celsius", &gpu),
         prometheus_parse::Value::Gauge(64.0)
     );
     assert_eq!(
-        gauge("spark_gpu_power_watts", &gpu),
+        metric(&text, "spark_gpu_power_watts", &gpu),
         prometheus_parse::Value::Gauge(41.5)
     );
     assert_eq!(
-        gauge(
+        metric(
+            &text,
             "spark_gpu_memory_total_bytes",
             &[("node", "gb10-box"), ("unified", "true")]
         ),

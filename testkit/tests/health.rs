@@ -10,16 +10,6 @@ use serde_json::{Value, json};
 use spark_fakes::{Fake, asr, tei, tts, vllm};
 use spark_testkit::{DockerBox, TestController, init, wait_until};
 
-async fn controller(dir: &std::path::Path) -> TestController {
-    TestController::start_with(
-        dir,
-        spark_testkit::LOOPBACK_ANY_PORT,
-        spark_testkit::LOOPBACK_ANY_PORT,
-        |c| c.discovery_interval = Duration::from_secs(3600),
-    )
-    .await
-}
-
 async fn send(ctl: &TestController, method: Method, path: &str, body: Value) -> (u16, Value) {
     let r = ctl.admin(method, path).json(&body).send().await.unwrap();
     let s = r.status().as_u16();
@@ -42,7 +32,7 @@ async fn probe(ctl: &TestController, service: &str) -> Value {
 async fn probe_bodies_are_accepted_by_the_upstream_doubles() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let asr = spark_fakes::spawn(Fake::Asr(asr::Config::default()))
         .await
         .unwrap();
@@ -168,7 +158,7 @@ async fn probe_bodies_are_accepted_by_the_upstream_doubles() {
 async fn a_wedged_asr_is_restarted_through_docker_three_times_then_left_for_a_person() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let Some(b) = DockerBox::start_with_services(&ctl, dir.path(), "spark-2", &["parakeet"]).await
     else {
         return;
@@ -355,7 +345,7 @@ async fn a_wedged_asr_is_restarted_through_docker_three_times_then_left_for_a_pe
 async fn settings_apply_live_survive_a_restart_and_refuse_bad_values() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let mut ctl = controller(dir.path()).await;
+    let mut ctl = TestController::start_manual_discovery(dir.path()).await;
     let qdrant = spark_fakes::spawn(Fake::Qdrant(Default::default()))
         .await
         .unwrap();
@@ -453,7 +443,7 @@ async fn settings_apply_live_survive_a_restart_and_refuse_bad_values() {
 
     let data = ctl.data_dir.clone();
     ctl.stop().await;
-    let ctl = controller(&data).await;
+    let ctl = TestController::start_manual_discovery(&data).await;
     let (_, settings) = ctl.get_json("/api/settings").await;
     assert_eq!(settings["health"]["probe_interval_seconds"], 5);
     assert_eq!(settings["secrets"]["huggingface_token"], "********");
@@ -492,7 +482,7 @@ async fn settings_apply_live_survive_a_restart_and_refuse_bad_values() {
 async fn health_event_reports_land_in_the_event_log() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(dir.path()).await;
+    let ctl = TestController::start_manual_discovery(dir.path()).await;
     let since = spark_control::now_ms();
     let post = |body: Value| {
         ctl.client

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use spark_testkit::webhook::{Receiver, assert_signed};
 use spark_testkit::models::{LLAMA_CONFIG, add_recipe, fake_recipe as recipe, free_port};
+use spark_testkit::webhook::{Receiver, assert_signed};
 use spark_testkit::{DockerBox, TestController, init, plant_hf_model, read_sse, wait_until};
-
 
 async fn start_swap(ctl: &TestController, body: Value) -> Value {
     let resp = ctl
