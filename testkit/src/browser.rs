@@ -68,9 +68,8 @@ impl Browser {
         let caps: serde_json::Map<String, Value> = caps.as_object().cloned().unwrap_or_default();
         let started = Instant::now();
         let client = loop {
-            let mut builder = ClientBuilder::new(
-                hyper_util::client::legacy::connect::HttpConnector::new(),
-            );
+            let mut builder =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
             match builder.capabilities(caps.clone()).connect(&url).await {
                 Ok(c) => break c,
                 Err(_) if started.elapsed() < Duration::from_secs(20) => {
@@ -97,7 +96,10 @@ impl Browser {
 
     /// Run `script` (a function body; `arguments` available) and return its value.
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client.execute(script, args).await.expect("script runs")
+        self.client
+            .execute(script, args)
+            .await
+            .expect("script runs")
     }
 
     /// Wait until `script` returns a truthy value; returns it. Panics naming `what` after
@@ -116,7 +118,9 @@ impl Browser {
                 return v;
             }
             if start.elapsed() > limit {
-                let shot = self.screenshot(&format!("timeout-{}", what.replace(' ', "-"))).await;
+                let shot = self
+                    .screenshot(&format!("timeout-{}", what.replace(' ', "-")))
+                    .await;
                 panic!(
                     "timed out after {limit:?} waiting for {what} (screenshot: {})",
                     shot.display()
