@@ -164,6 +164,15 @@ fn authorize(app: &App, headers: &HeaderMap, endpoint: &str) -> Result<String, R
             .map(|k| format!("api-key:{}", k.id))
             .unwrap_or_else(|| "application".into()));
     }
+    // The dashboard reads the service map and the model list from its own origin (a browser
+    // marks such requests; another site's page cannot).
+    if matches!(endpoint, "/api/endpoints" | "/v1/models")
+        && headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"same-origin")
+    {
+        return Ok("browser".into());
+    }
     let Some(presented) = presented.filter(|k| !k.is_empty()) else {
         return Err(openai_error(
             StatusCode::UNAUTHORIZED,

@@ -950,8 +950,24 @@ async fn api_keys_allow_refuse_and_limit_endpoints() {
     assert_eq!(s, 401);
     assert_eq!(v["error"]["code"], "invalid_api_key");
     assert!(openai_error(&v).contains("Incorrect API key"));
-    // GET routes of applications are guarded too.
+    // GET routes of applications are guarded too, except for the dashboard's own reads.
     let r = ctl.client.get(ctl.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = ctl
+        .client
+        .get(ctl.url("/api/endpoints"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = ctl
+        .client
+        .get(ctl.url("/api/endpoints"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     assert_eq!(
