@@ -46,7 +46,20 @@ pub async fn snapshot(app: &Arc<App>) -> Value {
             let containers = app.registry.get(&id).and_then(|l| l.containers);
             v["containers"] = json!(containers.as_ref().map(|c| &c.containers));
             v["docker"] = json!(containers.as_ref().map(|c| &c.docker));
-            v["macs"] = json!(app.db.node_macs(&id).unwrap_or_default());
+            // Stored as the wakeable interfaces ({"mac", "ips"}) in JSON text; older rows hold
+            // bare MACs.
+            let macs: Vec<String> = app
+                .db
+                .node_macs(&id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| {
+                    serde_json::from_str::<crate::wake::KnownNic>(&m)
+                        .map(|n| n.mac)
+                        .unwrap_or(m)
+                })
+                .collect();
+            v["macs"] = json!(macs);
             v
         })
         .collect();

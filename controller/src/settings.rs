@@ -340,8 +340,8 @@ fn merge(base: &mut Value, patch: Value) {
         (Value::Object(b), Value::Object(p)) => {
             for (k, v) in p {
                 match b.get_mut(&k) {
-                    // A tagged enum (e.g. `search.sparse`) is replaced whole when its tag changes.
-                    Some(slot) if slot.is_object() && v.is_object() && same_tag(slot, &v) => {
+                    // A tagged enum (e.g. `search.sparse`) given with its tag is replaced whole.
+                    Some(slot) if slot.is_object() && v.is_object() && v.get("kind").is_none() => {
                         merge(slot, v)
                     }
                     _ => {
@@ -351,13 +351,6 @@ fn merge(base: &mut Value, patch: Value) {
             }
         }
         (b, p) => *b = p,
-    }
-}
-
-fn same_tag(a: &Value, b: &Value) -> bool {
-    match (a.get("kind"), b.get("kind")) {
-        (Some(x), Some(y)) => x == y,
-        _ => true,
     }
 }
 
@@ -433,11 +426,11 @@ mod tests {
             "search.dense_vector",
         );
         check_err(
-            json!({"search": {"sparse": {"kind": "tei", "service": null}}}),
+            json!({"search": {"sparse": {"kind": "tei"}}}),
             "search.sparse",
         );
         check_err(
-            json!({"search": {"sparse": {"kind": "tei", "service": null, "url": "ftp://x"}}}),
+            json!({"search": {"sparse": {"kind": "tei", "url": "ftp://x"}}}),
             "search.sparse.url",
         );
         check_err(
@@ -459,5 +452,19 @@ mod tests {
         assert_eq!(s.search.sparse, SparseProvider::None);
         assert_eq!(s.search.dense_vector, "dense");
         assert_eq!(s.limits, Limits::default());
+        // A tagged value given with its tag replaces the old one whole.
+        let mut doc = serde_json::to_value(Settings::default()).unwrap();
+        merge(
+            &mut doc,
+            json!({"search": {"sparse": {"kind": "tei", "url": "http://10.0.0.2:9000"}}}),
+        );
+        let s = Settings::from_value(doc).unwrap();
+        assert_eq!(
+            s.search.sparse,
+            SparseProvider::Tei {
+                service: None,
+                url: Some("http://10.0.0.2:9000".into())
+            }
+        );
     }
 }

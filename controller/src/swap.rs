@@ -865,8 +865,9 @@ fn decide(
     let job = Job::new(record, Vec::new());
     app.swaps.remember(job.clone());
     *lock(&app.swaps.active) = Some(id.clone());
-    let _ = app.db.add_event(
+    let _ = app.db.add_subject_event(
         "swap_started",
+        Some(&format!("swap:{}", recipe.key)),
         None,
         Some(&actor),
         &format!("swap to '{}' started (job {id})", recipe.key),
