@@ -313,6 +313,22 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
         )
         .await;
     browser.screenshot("dashboard-three-nodes").await;
+    // Each main view, at desktop width.
+    for view in [
+        "hardware", "swap", "models", "services", "events", "nodes", "settings",
+    ] {
+        browser
+            .js(
+                &format!(
+                    "document.getElementById({}).scrollIntoView(); return true;",
+                    json!(view)
+                ),
+                vec![],
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        browser.screenshot(&format!("view-{view}-desktop")).await;
+    }
 
     // Phone width: the same page, one column.
     browser.client.set_window_size(390, 844).await.unwrap();
@@ -329,6 +345,19 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
         "the page scrolls sideways at phone width"
     );
     browser.screenshot("dashboard-phone").await;
+    for view in ["models", "services", "swap"] {
+        browser
+            .js(
+                &format!(
+                    "document.getElementById({}).scrollIntoView(); return true;",
+                    json!(view)
+                ),
+                vec![],
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        browser.screenshot(&format!("view-{view}-phone")).await;
+    }
 
     agent.stop().await;
     browser.close().await;
