@@ -255,25 +255,57 @@ async fn rename_reaches_the_agent_and_names_are_validated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placeholder_page_is_served_and_escapes_node_names() {
+async fn dashboard_assets_are_served_with_a_strict_csp_and_never_parse_html() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let ctl = TestController::start(&dir.path().join("ctl")).await;
     let resp = ctl.client.get(ctl.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
     assert!(
-        resp.headers()["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("default-src 'self'")
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
     );
     let html = resp.text().await.unwrap();
     assert!(html.contains("Spark Control") && html.contains("/app.js"));
-    let js = ctl.client.get(ctl.url("/app.js")).send().await.unwrap();
-    assert_eq!(
-        js.headers()["content-type"],
-        "text/javascript; charset=utf-8"
+    assert!(
+        !html.contains(" onclick=") && !html.contains(" style="),
+        "inline code or style"
     );
-    let js = js.text().await.unwrap();
-    assert!(js.contains("/api/nodes") && js.contains("textContent") && !js.contains("innerHTML"));
+    // Every module the page is made of is served as JavaScript, and none inserts text as HTML.
+    let web = spark_testkit::docker::workspace_root().join("web");
+    let mut modules = 0;
+    for entry in std::fs::read_dir(&web).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.ends_with(".js") {
+            continue;
+        }
+        modules += 1;
+        let resp = ctl
+            .client
+            .get(ctl.url(&format!("/{name}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
+        let js = resp.text().await.unwrap();
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!js.contains(sink), "{name} uses {sink}");
+        }
+    }
+    assert!(modules >= 5, "only {modules} modules in web/");
 }

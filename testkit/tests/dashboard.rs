@@ -237,6 +237,20 @@ async fn the_dashboard_shows_the_cluster_live_and_drives_swaps() {
         )
         .await;
     browser.screenshot("dashboard-swap-loading").await;
+    let seen = browser
+        .js(
+            "return [...window.__phases].map(p => p.toLowerCase());",
+            vec![],
+        )
+        .await;
+    let seen: Vec<String> = serde_json::from_value(seen).unwrap();
+    assert!(
+        seen.iter().any(|p| p.contains("loading"))
+            && seen.iter().any(|p| ["preflight", "stopping", "starting"]
+                .iter()
+                .any(|e| p.contains(e))),
+        "the panel did not step through the phases: {seen:?}"
+    );
     browser.client.refresh().await.unwrap();
     browser
         .wait_js(
