@@ -155,16 +155,6 @@ async fn speech(State(app): State<Arc<App>>, req: Request) -> Response {
             up.relay_response(&app, r, dispatched - arrived, head, dispatched)
                 .await
         }
-        Err(e) => error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            "upstream_unreachable",
-            format!(
-                "{} is unreachable at {}: {}",
-                up.what,
-                up.url,
-                crate::services::short_error(&e)
-            ),
-        ),
+        Err(e) => up.unreachable(&e),
     }
 }

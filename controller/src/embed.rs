@@ -162,22 +162,7 @@ async fn tei_rerank(
     let head = dispatched.elapsed();
     let resp = match result {
         Ok(r) => r,
-        Err(e) => {
-            return with(
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    "upstream_unreachable",
-                    format!(
-                        "{} is unreachable at {}: {}",
-                        up.what,
-                        up.url,
-                        crate::services::short_error(&e)
-                    ),
-                ),
-                &up,
-            );
-        }
+        Err(e) => return up.unreachable(&e),
     };
     let status = resp.status();
     let bytes = resp.bytes().await.unwrap_or_default();

@@ -694,27 +694,30 @@ impl Upstream {
         let queue = dispatched - arrived;
         let upstream = match rb.send().await {
             Ok(r) => r,
-            Err(e) => {
-                return with_routed(
-                    error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unreachable",
-                        "upstream_unreachable",
-                        format!(
-                            "{} is unreachable at {}: {}",
-                            self.what,
-                            self.url,
-                            crate::services::short_error(&e)
-                        ),
-                    ),
-                    &self.model,
-                    &self.node,
-                );
-            }
+            Err(e) => return self.unreachable(&e),
         };
         let head = dispatched.elapsed();
         self.relay_response(app, upstream, queue, head, dispatched)
             .await
+    }
+
+    /// 502: the upstream could not be reached (or broke before answering), saying which.
+    pub fn unreachable(&self, e: &reqwest::Error) -> Response {
+        with_routed(
+            error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                "upstream_unreachable",
+                format!(
+                    "{} is unreachable at {}: {}",
+                    self.what,
+                    self.url,
+                    crate::services::short_error(e)
+                ),
+            ),
+            &self.model,
+            &self.node,
+        )
     }
 
     /// Relay an upstream's response: status, content type, and the body streamed through.
