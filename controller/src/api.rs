@@ -233,6 +233,14 @@ async fn control_guard(
     Ok(resp)
 }
 
+/// Whether `presented` is the admin token (compared in constant time).
+pub fn is_admin_token(admin_token: &str, presented: &str) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        presented.as_bytes(),
+        admin_token.as_bytes(),
+    ))
+}
+
 /// Decide whether a control request may proceed; returns who made it.
 pub fn authorize_control(admin_token: &str, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
@@ -242,10 +250,7 @@ pub fn authorize_control(admin_token: &str, headers: &HeaderMap) -> Result<Strin
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or("");
-        if bool::from(subtle::ConstantTimeEq::ct_eq(
-            presented.as_bytes(),
-            admin_token.as_bytes(),
-        )) {
+        if is_admin_token(admin_token, presented) {
             return Ok("admin-token".into());
         }
         return Err(ApiError::new(

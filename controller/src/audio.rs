@@ -42,7 +42,7 @@ async fn transcriptions(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     let (cfg, st) = (&target.cfg, &target.status);
     let up = target.upstream("/v1/audio/transcriptions");
-    let resp = up.send(&app, &headers, body, arrived).await;
+    let resp = up.send(&headers, body, arrived).await;
     if resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
         // The known wedge: tell the client to come back, and let the policy look at once.
         app.health.probe_soon();
@@ -99,7 +99,7 @@ async fn speech(State(app): State<Arc<App>>, req: Request) -> Response {
     if cfg.api() != Api::Magpie {
         return target
             .upstream("/v1/audio/speech")
-            .send(&app, &headers, body, arrived)
+            .send(&headers, body, arrived)
             .await;
     }
     let parsed: SpeechRequest = match serde_json::from_slice(&body) {
@@ -152,7 +152,7 @@ async fn speech(State(app): State<Arc<App>>, req: Request) -> Response {
     {
         Ok(r) => {
             let head = dispatched.elapsed();
-            up.relay_response(&app, r, dispatched - arrived, head, dispatched)
+            up.relay_response(r, dispatched - arrived, head, dispatched)
                 .await
         }
         Err(e) => up.unreachable(&e),

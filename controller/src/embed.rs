@@ -75,7 +75,7 @@ async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(EmbedTarget::Service(s)) => s.upstream("/v1/embeddings"),
         Err(r) => return r,
     };
-    up.send(&app, &headers, body, arrived).await
+    up.send(&headers, body, arrived).await
 }
 
 #[derive(Deserialize)]
@@ -135,13 +135,11 @@ async fn rerank(State(app): State<Arc<App>>, req: Request) -> Response {
     match target {
         EmbedTarget::Llm(t) => {
             llm_upstream(t, "/v1/rerank")
-                .send(&app, &headers, body, arrived)
+                .send(&headers, body, arrived)
                 .await
         }
         EmbedTarget::Service(s) if s.cfg.api() == Api::Openai => {
-            s.upstream("/v1/rerank")
-                .send(&app, &headers, body, arrived)
-                .await
+            s.upstream("/v1/rerank").send(&headers, body, arrived).await
         }
         EmbedTarget::Service(s) => tei_rerank(&s, parsed, arrived).await,
     }

@@ -138,6 +138,10 @@ pub async fn guard(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
     let (model, node) = routed
         .map(|r| (r.model.as_str(), r.node.as_str()))
         .unwrap_or(("", ""));
+    if let Some(d) = routed.and_then(|r| r.first_byte) {
+        app.metrics
+            .first_byte(endpoint, model, node, d.as_secs_f64());
+    }
     app.metrics.request(
         endpoint,
         model,
@@ -181,10 +185,7 @@ fn authorize(app: &App, headers: &HeaderMap, endpoint: &str) -> Result<String, R
             "This endpoint needs an API key: send `Authorization: Bearer sk-spark-...` (keys are made with POST /api/keys)".into(),
         ));
     };
-    if bool::from(subtle::ConstantTimeEq::ct_eq(
-        presented.as_bytes(),
-        app.admin_token.as_bytes(),
-    )) {
+    if crate::api::is_admin_token(&app.admin_token, presented) {
         return Ok("admin-token".into());
     }
     let Some(key) = app.keys.lookup(presented) else {

@@ -71,12 +71,15 @@ pub fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<Stri
 pub struct Routed {
     pub model: String,
     pub node: String,
+    /// From dispatch to the upstream's first body byte, when it came before the response head.
+    pub first_byte: Option<Duration>,
 }
 
 pub fn with_routed(mut resp: Response, model: &str, node: &str) -> Response {
     resp.extensions_mut().insert(Routed {
         model: model.to_string(),
         node: node.to_string(),
+        first_byte: None,
     });
     resp
 }
@@ -262,20 +265,18 @@ fn unknown_model(app: &App, name: &str) -> Response {
             parts.join("; ")
         }
     };
-    let mut resp = error(
+    // OpenAI's shape, with the lists machine-readable too.
+    let message =
+        format!("The model `{name}` does not exist. Models: {listing}. GET /v1/models lists them.");
+    (
         StatusCode::NOT_FOUND,
-        "NotFoundError",
-        "model_not_found",
-        format!("The model `{name}` does not exist. Models: {listing}. GET /v1/models lists them."),
-    );
-    // The list, machine-readable too.
-    let body = json!({"error": {
-        "message": format!("The model `{name}` does not exist. Models: {listing}. GET /v1/models lists them."),
-        "type": "NotFoundError", "param": "model", "code": "model_not_found",
-        "available": loaded, "on_demand": on_demand,
-    }});
-    *resp.body_mut() = Body::from(body.to_string());
-    resp
+        axum::Json(json!({"error": {
+            "message": message,
+            "type": "NotFoundError", "param": "model", "code": "model_not_found",
+            "available": loaded, "on_demand": on_demand,
+        }})),
+    )
+        .into_response()
 }
 
 // ---------- services as targets ----------
@@ -634,7 +635,7 @@ async fn relay(
         bearer: t.api_key.clone(),
         content_type: None,
     };
-    let resp = up.send(app, headers, body, arrived).await;
+    let resp = up.send(headers, body, arrived).await;
     if resp.status() == StatusCode::BAD_GATEWAY {
         app.routes.invalidate();
     }
@@ -666,13 +667,7 @@ const PASSED_REQUEST_HEADERS: &[header::HeaderName] = &[header::ACCEPT, header::
 
 impl Upstream {
     /// Send `body` and relay the answer.
-    pub async fn send(
-        self,
-        app: &App,
-        headers: &HeaderMap,
-        body: Bytes,
-        arrived: Instant,
-    ) -> Response {
+    pub async fn send(self, headers: &HeaderMap, body: Bytes, arrived: Instant) -> Response {
         let content_type = self
             .content_type
             .clone()
@@ -697,8 +692,7 @@ impl Upstream {
             Err(e) => return self.unreachable(&e),
         };
         let head = dispatched.elapsed();
-        self.relay_response(app, upstream, queue, head, dispatched)
-            .await
+        self.relay_response(upstream, queue, head, dispatched).await
     }
 
     /// 502: the upstream could not be reached (or broke before answering), saying which.
@@ -723,7 +717,6 @@ impl Upstream {
     /// Relay an upstream's response: status, content type, and the body streamed through.
     pub async fn relay_response(
         self,
-        app: &App,
         upstream: reqwest::Response,
         queue: Duration,
         head: Duration,
@@ -776,14 +769,6 @@ impl Upstream {
             Ok(None) => None,
             Err(_) => None,
         };
-        if let Some(d) = ttfb {
-            app.metrics.first_byte(
-                route_label(&self.url),
-                &self.model,
-                &self.node,
-                d.as_secs_f64(),
-            );
-        }
         let relay = Relay::new(stream, first, sse, &self.what);
         let mut resp = Response::new(Body::from_stream(relay));
         *resp.status_mut() = status;
@@ -801,17 +786,13 @@ impl Upstream {
         if let Ok(v) = HeaderValue::from_str(&timing) {
             resp.headers_mut().insert("server-timing", v);
         }
-        with_routed(resp, &self.model, &self.node)
+        resp.extensions_mut().insert(Routed {
+            model: self.model,
+            node: self.node,
+            first_byte: ttfb,
+        });
+        resp
     }
-}
-
-/// The route label of an upstream URL, for the first-byte histogram.
-fn route_label(url: &str) -> &'static str {
-    let path = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
-        .unwrap_or("");
-    crate::keys::app_endpoint(path).unwrap_or("other")
 }
 
 /// `Server-Timing` text: durations in milliseconds.
@@ -957,15 +938,5 @@ mod tests {
             t,
             "queue;dur=0.120, upstream;dur=2.000;desc=\"upstream connect + response head\", ttfb;dur=15.000;desc=\"upstream first byte\""
         );
-    }
-
-    #[test]
-    fn route_labels_come_from_the_gateway_routes() {
-        assert_eq!(
-            route_label("http://10.0.0.2:8000/v1/chat/completions"),
-            "/v1/chat/completions"
-        );
-        assert_eq!(route_label("http://h/rerank"), "/v1/rerank");
-        assert_eq!(route_label("http://h/weird"), "other");
     }
 }

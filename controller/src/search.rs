@@ -24,8 +24,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::proxy::{Routed, error, read_body};
-use crate::services::{Api, Kind, ServiceConfig, Status};
+use crate::proxy::{ServiceTarget, error, read_body, with_routed};
+use crate::services::{Api, Kind};
 use crate::settings::SparseProvider;
 
 pub fn routes() -> Router<Arc<App>> {
@@ -107,11 +107,9 @@ fn unavailable(what: String) -> Response {
     )
 }
 
-/// A configured service by name, with its address, or why it cannot be used.
-fn service(app: &App, name: &str, kind: Kind) -> Result<(ServiceConfig, Status, String), Response> {
-    crate::proxy::service_named(app, name, kind, "search")
-        .map(|t| (t.cfg, t.status, t.base))
-        .map_err(|r| *r)
+/// A configured service by name, reachable now, or the response saying why not.
+fn service(app: &App, name: &str, kind: Kind) -> Result<ServiceTarget, Response> {
+    crate::proxy::service_named(app, name, kind, "search").map_err(|r| *r)
 }
 
 async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -160,7 +158,11 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
         return bad("query: give the text to search for (or a dense / sparse vector)".into());
     }
     let s = &settings.search;
-    let (_, qst, qdrant) = match service(&app, &s.vector_store_service, Kind::VectorStore) {
+    let ServiceTarget {
+        status: qst,
+        base: qdrant,
+        ..
+    } = match service(&app, &s.vector_store_service, Kind::VectorStore) {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -230,13 +232,7 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
         .node_name
         .clone()
         .unwrap_or_else(|| s.vector_store_service.clone());
-    let routed = |mut resp: Response| {
-        resp.extensions_mut().insert(Routed {
-            model: String::new(),
-            node: node.clone(),
-        });
-        resp
-    };
+    let routed = |resp: Response| with_routed(resp, "", &node);
     let search_started = Instant::now();
     let answer = match crate::proxy::client()
         .post(&url)
@@ -300,7 +296,7 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
 
 /// The dense embedding of `text` from the embeddings service.
 async fn dense_vector(app: &App, service_name: &str, text: &str) -> Result<Vec<f32>, Response> {
-    let (cfg, _, base) = service(app, service_name, Kind::Embeddings)?;
+    let ServiceTarget { cfg, base, .. } = service(app, service_name, Kind::Embeddings)?;
     let (url, body) = match cfg.api() {
         Api::Tei => (
             format!("{base}/embed"),
@@ -343,7 +339,7 @@ async fn sparse_vector(
             service: Some(name),
             ..
         } => {
-            let (_, _, base) = service(app, name, Kind::Embeddings)?;
+            let base = service(app, name, Kind::Embeddings)?.base;
             (format!("{base}/embed_sparse"), name.clone())
         }
         SparseProvider::Tei { url: Some(u), .. } => {

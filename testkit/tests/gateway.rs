@@ -1142,6 +1142,23 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
         }
         other => panic!("not a histogram: {other:?}"),
     }
+    // Time to first byte, labelled by the gateway route the request came in on.
+    let first_byte = [
+        ("route", "/v1/chat/completions"),
+        ("model", "counted"),
+        ("node", "llm2"),
+    ];
+    match metric(
+        &text,
+        "spark_gateway_upstream_first_byte_seconds",
+        &first_byte,
+    ) {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
+            assert_eq!(inf.count, 7.0);
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
     assert_eq!(
         metric(&text, "spark_node_up", &[("node", "box-1")]),
         prometheus_parse::Value::Gauge(1.0)
