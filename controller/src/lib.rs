@@ -221,6 +221,7 @@ pub async fn start(config: ControllerConfig, listeners: Listeners) -> anyhow::Re
     });
     settings::load(&app);
     keys::reload(&app)?;
+    services::seed_defaults(&app)?;
     services::refresh_all(&app).await;
     let _ = app.db.add_event(
         "controller_started",

@@ -266,15 +266,20 @@ pub fn defaults() -> Vec<ServiceConfig> {
 
 // ---------- storage ----------
 
-/// Every configured service, by name. The defaults are written once, on first use, so that an
-/// operator's removal of one sticks.
-pub fn all(app: &App) -> Result<Vec<ServiceConfig>, crate::db::DbError> {
+/// Write the default services once, at the first start, so that an operator's removal of one
+/// sticks.
+pub fn seed_defaults(app: &App) -> Result<(), crate::db::DbError> {
     if app.db.meta("services_seeded")?.is_none() {
         for s in defaults() {
             store(app, &s)?;
         }
         app.db.set_meta("services_seeded", "1")?;
     }
+    Ok(())
+}
+
+/// Every configured service, by name.
+pub fn all(app: &App) -> Result<Vec<ServiceConfig>, crate::db::DbError> {
     let rows: Vec<(String, String)> = app.db.with(|c| {
         let mut st = c.prepare("SELECT name, body FROM services ORDER BY name")?;
         let rows = st
@@ -735,7 +740,6 @@ async fn put_service(
     }
     cfg.name = name;
     cfg.validate().map_err(ApiError::bad_request)?;
-    all(&app)?; // the defaults are seeded before the first write
     store(&app, &cfg)?;
     let _ = app.db.add_event(
         "service_configured",
@@ -753,7 +757,6 @@ async fn delete_service(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    all(&app)?;
     let n = app
         .db
         .with(|c| c.execute("DELETE FROM services WHERE name = ?1", [&name]))?;
